@@ -1,0 +1,15 @@
+"""KV allocators over one block pool: contiguous (Orca-style), paged, prefix-shared.
+
+``ALLOCATORS.build(name, num_blocks, block_size, max_model_len, **options)`` builds one by its
+short name (= ``conf/allocator/<name>.yaml``).
+"""
+
+from kvlab.allocator.base import KVAllocator, MemoryReport
+from kvlab.registry import Registry
+
+ALLOCATORS: Registry[KVAllocator] = Registry("allocator")
+
+# Importing the implementations registers them.
+from kvlab.allocator import contiguous, paged, prefix  # noqa: E402,F401
+
+__all__ = ["ALLOCATORS", "KVAllocator", "MemoryReport"]
