@@ -1,0 +1,96 @@
+"""The physical block pool: per-block reference counts and an LRU free queue.
+
+Every allocator (contiguous, paged, prefix) draws block ids from one :class:`BlockPool`; the same
+class serves as the CPU swap pool. Blocks are plain ints ``0 .. num_blocks-1`` and the pool's
+state is two flat structures, because the allocator hot paths (one decode token, freeing a
+125-block request) run on the engine's critical path every step:
+
+- ``ref``: a ``list[int]`` of reference counts (how many block tables hold each block);
+- ``free``: an ``OrderedDict`` used as an ordered set of blocks with ``ref == 0``. Its C
+  implementation gives O(1) pop-front (``popitem(last=False)``), push-back and removal from the
+  middle (``del``), which the prefix cache needs to take a cached block back out of the queue on
+  a hit. A plain ``dict`` would make pop-front degrade (CPython scans the deleted-entry prefix).
+
+The queue is LRU: freed blocks go to the back, allocation pops the front, so the block that has
+been free longest (and, for the prefix cache, unreferenced longest) is reused first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class BlockPool:
+    """``num_blocks`` blocks with reference counts and an LRU queue of the unreferenced ones.
+
+    All methods mutate the pool except :meth:`num_free` and :meth:`check`. The pool does not
+    know which table holds a block; allocators keep the tables and call :meth:`incref` /
+    :meth:`decref` so that ``ref[b]`` equals the number of tables holding ``b``.
+
+    Args:
+        num_blocks: pool size in blocks (>= 0).
+    """
+
+    __slots__ = ("num_blocks", "ref", "free")
+
+    def __init__(self, num_blocks: int) -> None:
+        if not isinstance(num_blocks, int) or num_blocks < 0:
+            raise ValueError(f"num_blocks must be an integer >= 0, got {num_blocks!r}")
+        self.num_blocks = num_blocks
+        self.ref: list[int] = [0] * num_blocks
+        # Ascending initial order makes the first allocations 0, 1, 2, ... (deterministic).
+        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+
+    def num_free(self) -> int:
+        """Blocks with ``ref == 0`` (for the prefix allocator this includes evictable cached ones)."""
+        return len(self.free)
+
+    def pop_free(self) -> int:
+        """Take the least recently freed block and give it ``ref = 1``. Raises ``KeyError`` if empty."""
+        b = self.free.popitem(last=False)[0]
+        self.ref[b] = 1
+        return b
+
+    def take(self, b: int) -> None:
+        """Take the specific free block ``b`` out of the queue (``ref`` 0 -> 1)."""
+        del self.free[b]
+        self.ref[b] = 1
+
+    def incref(self, b: int) -> None:
+        """One more table holds ``b``; a free (cached) block leaves the queue."""
+        if self.ref[b] == 0:
+            del self.free[b]
+        self.ref[b] += 1
+
+    def decref(self, b: int) -> bool:
+        """One table fewer holds ``b``. Returns True when it became free (pushed to the back)."""
+        r = self.ref[b] - 1
+        self.ref[b] = r
+        if r == 0:
+            self.free[b] = None
+            return True
+        if r < 0:
+            raise AssertionError(f"block {b}: reference count went negative")
+        return False
+
+    def decref_all_reversed(self, blocks: list[int]) -> None:
+        """Release a table, last block first, so its tail is the first to be reused/evicted."""
+        ref = self.ref
+        free = self.free
+        for b in reversed(blocks):
+            r = ref[b] - 1
+            ref[b] = r
+            if r == 0:
+                free[b] = None
+            elif r < 0:
+                raise AssertionError(f"block {b}: reference count went negative")
+
+    def check(self, expected_refs: dict[int, int]) -> None:
+        """Assert ``ref`` equals ``expected_refs`` (block -> holders; absent = 0) and that the free
+        queue holds exactly the blocks with ``ref == 0``. O(num_blocks): tests only."""
+        assert len(self.ref) == self.num_blocks
+        for b, r in enumerate(self.ref):
+            want = expected_refs.get(b, 0)
+            assert r == want, f"block {b}: ref {r} but held by {want} tables"
+            assert (b in self.free) == (r == 0), f"block {b}: ref {r} but in-free-queue={b in self.free}"
+        assert len(self.free) + sum(1 for r in self.ref if r > 0) == self.num_blocks, "blocks not conserved"
