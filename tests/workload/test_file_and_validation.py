@@ -50,7 +50,8 @@ def test_sharegpt_json_with_tokenizer(tmp_path):
         {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a b c d"}]},
     ]
     (tmp_path / "sg.json").write_text(json.dumps(data))
-    cfg = {"name": "file", "path": str(tmp_path / "sg.json"), "num_requests": 2, "shuffle": False, "rate": 1.0}
+    cfg = {"name": "file", "path": str(tmp_path / "sg.json"), "num_requests": 2, "shuffle": False,
+           "rate": 1.0}
     w = build_workload(cfg, tokenizer=FakeTokenizer(), **OPT)
     assert [(r.prompt_len, r.output_len) for r in w.requests] == [(3, 1), (1, 4)]
 
