@@ -1,0 +1,87 @@
+"""The Llama-family forward (Llama, Mistral, Qwen2, SmolLM) over a paged KV cache, plain PyTorch.
+
+One call runs a FLAT mixed batch — the concatenation of every scheduled sequence's new tokens
+(decode tokens and prefill chunks alike, no padding) — with per-token positions. Per layer:
+fused qkv matmul over all tokens, RoPE, write all new K/V into the paged cache, then attention
+through the backend (:mod:`kvlab.kernels`) reading each sequence's context by its block table;
+then a fused gate/up SwiGLU MLP. Only the rows that sample go through the final norm and lm_head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kvlab.kernels import AttentionBackend, AttentionMetadata, get_backend
+from kvlab.models.config import ArchConfig
+from kvlab.models.rope import RotaryEmbedding
+
+
+class LlamaModel:
+    """Weights in kvlab's layout (see :func:`kvlab.models.loader.convert_hf_state_dict`) plus
+    the RoPE tables; stateless between calls (the KV cache is passed in)."""
+
+    def __init__(self, arch: ArchConfig, weights: dict[str, torch.Tensor],
+                 backend: AttentionBackend | None = None) -> None:
+        self.arch = arch
+        self.backend = backend or get_backend("torch")
+        embed = weights["embed"]
+        self.device, self.dtype = embed.device, embed.dtype
+        self.embed = embed
+        self.lm_head = weights["lm_head"]
+        self.norm = weights["norm"]
+        self.layers = [
+            {name: weights.get(f"{i}.{name}") for name in
+             ("attn_norm", "qkv", "qkv_bias", "o", "mlp_norm", "gate_up", "down")}
+            for i in range(arch.num_layers)
+        ]
+        self.rope = RotaryEmbedding(arch.head_dim, arch.max_model_len, arch.rope_theta,
+                                    arch.rope_scaling, self.device, self.dtype)
+        self.scale = arch.head_dim ** -0.5
+        self.q_size = arch.num_heads * arch.head_dim
+        self.kv_size = arch.num_kv_heads * arch.head_dim
+
+    @property
+    def num_params(self) -> int:
+        tensors = {id(t): t for layer in self.layers for t in layer.values() if t is not None}
+        tensors.update({id(t): t for t in (self.embed, self.lm_head, self.norm)})
+        return sum(t.numel() for t in tensors.values())
+
+    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.shape[-1],), weight, self.arch.rms_norm_eps)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                meta: AttentionMetadata, logit_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the flat batch and return fp32 logits.
+
+        Args:
+            input_ids, positions: [tokens] long, flat order as described by ``meta``.
+            kv_cache: [num_layers, 2, num_blocks, block_size, kv_heads, head_dim]; the new
+                tokens' K/V are written into it (mutated in place).
+            meta: per-step attention metadata (slot mapping, block tables, masks).
+            logit_rows: flat token indices whose logits are wanted; None = every token.
+
+        Returns:
+            [len(logit_rows), vocab] float32 logits.
+        """
+        a = self.arch
+        T = input_ids.shape[0]
+        x = self.embed.index_select(0, input_ids)
+        cos, sin = self.rope.tables(positions)
+        for i, w in enumerate(self.layers):
+            h = self._rms_norm(x, w["attn_norm"])
+            qkv = F.linear(h, w["qkv"], w["qkv_bias"])
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = self.rope.apply(q.view(T, a.num_heads, a.head_dim), cos, sin)
+            k = self.rope.apply(k.view(T, a.num_kv_heads, a.head_dim), cos, sin)
+            v = v.view(T, a.num_kv_heads, a.head_dim)
+            k_cache, v_cache = kv_cache[i, 0], kv_cache[i, 1]
+            self.backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            o = self.backend.paged_attention(q, k_cache, v_cache, meta, self.scale)
+            x = x + F.linear(o.reshape(T, self.q_size).to(x.dtype), w["o"])
+            h = self._rms_norm(x, w["mlp_norm"])
+            gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, w["down"])
+        if logit_rows is not None:
+            x = x.index_select(0, logit_rows)
+        return F.linear(self._rms_norm(x, self.norm), self.lm_head).float()
