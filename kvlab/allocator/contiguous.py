@@ -28,9 +28,9 @@ class ContiguousAllocator:
     ``A = min(P + R, max_model_len)`` (at least the tokens of the first allocation), where ``P``
     is the prompt length and ``R`` the reserved output by option ``reservation``: ``max``
     (``max_model_len - P``, Orca(Max)), ``pow2`` (next power of two >= expected output) or
-    ``oracle`` (the expected output exactly). ``placement`` is ``first_fit`` (exactly
-    ``ceil(A / B)`` blocks) or ``buddy`` (rounded up to a power of two; largest chunk
-    ``max_model_len / B`` blocks rounded up to a power of two).
+    ``oracle`` (the expected output exactly). ``placement`` is ``buddy`` (default, as the paper's
+    Orca: rounded up to a power of two of blocks; largest chunk ``max_model_len / B`` blocks
+    rounded up to a power of two) or ``first_fit`` (exactly ``ceil(A / B)`` blocks).
 
     The whole run is taken at the sequence's first ``allocate_slots``; later calls return ``[]``
     while ``num_computed_tokens + n <= A`` and ``None`` beyond it (the reservation never grows:
@@ -49,7 +49,7 @@ class ContiguousAllocator:
 
     OPTIONS: dict[str, tuple[str, ...]] = {
         "reservation": ("max", "pow2", "oracle"),
-        "placement": ("first_fit", "buddy"),
+        "placement": ("buddy", "first_fit"),
     }
     name = "contiguous"
 
