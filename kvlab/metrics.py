@@ -82,13 +82,13 @@ def compute_metrics(
     num_gpus: int,
     kv_bytes_per_token: float | None = None,
     block_size: int | None = None,
-    bytes_per_block: float | None = None,
+    block_bytes: float | None = None,
     warmup_s: float = 0.0,
 ) -> dict[str, float]:
     """All metrics of one run, keyed by :data:`METRIC_KEYS` (see docs/metrics.md).
 
     Requests arriving before ``first event + warmup_s`` and steps ending before it are dropped
-    (the paper dropped the first 60 s). ``price_per_hour`` is per GPU (USD/h); ``bytes_per_block``
+    (the paper dropped the first 60 s). ``price_per_hour`` is per GPU (USD/h); ``block_bytes``
     (or ``kv_bytes_per_token * block_size``) converts swapped blocks to bytes. Pure.
     """
     start = _window(requests, steps, warmup_s)
@@ -125,10 +125,10 @@ def compute_metrics(
 
     m["num_preemptions"] = float(sum(r.num_preemptions for r in counted))
     swapped_blocks = sum(s.swapped_out_blocks + s.swapped_in_blocks for s in window_steps)
-    if bytes_per_block is None and kv_bytes_per_token is not None and block_size is not None:
-        bytes_per_block = kv_bytes_per_token * block_size
+    if block_bytes is None and kv_bytes_per_token is not None and block_size is not None:
+        block_bytes = kv_bytes_per_token * block_size
     m["swapped_bytes"] = (0.0 if swapped_blocks == 0 else
-                          NAN if bytes_per_block is None else float(swapped_blocks * bytes_per_block))
+                          NAN if block_bytes is None else float(swapped_blocks * block_bytes))
     prompt_tokens = sum(r.prompt_len for r in finished)
     m["prefix_hit_rate"] = (sum(r.num_cached_tokens for r in finished) / prompt_tokens
                             if prompt_tokens else NAN)

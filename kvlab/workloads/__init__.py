@@ -42,6 +42,8 @@ class GeneratorSpec:
 COMMON_KEYS: dict[str, Any] = {
     "name": None, "rate": None, "num_requests": None, "duration_s": None, "seed": 0,
     "n": 1, "beam_width": 1, "max_prompt_len": None, "max_total_len": None,
+    # consumed by the experiment driver / metrics, not by the generators:
+    "warmup_s": 0.0, "ignore_eos": True, "temperature": 1.0, "sampling_seed": None,
 }
 
 _PAPER = "SYNTHETIC {}-like lengths (means matched to the vLLM paper: {:.2f} in / {:.2f} out)"
@@ -91,6 +93,13 @@ def _int_at_least(params: Mapping[str, Any], key: str, low: int) -> int:
     return v
 
 
+def _number_at_least(params: Mapping[str, Any], key: str, low: float) -> float:
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= low:
+        raise WorkloadError(f"workload.{key} must be a number >= {low:g}, got {v!r}")
+    return float(v)
+
+
 def build_workload(
     cfg_workload: Mapping[str, Any], *, seed: int, vocab_size: int, max_model_len: int, tokenizer: Any = None
 ) -> Workload:
@@ -121,13 +130,20 @@ def build_workload(
                             f"(got num_requests={num!r}, duration_s={duration!r})")
     if num is not None:
         num = _int_at_least(params, "num_requests", 1)
-    elif isinstance(duration, bool) or not isinstance(duration, (int, float)) or not duration > 0:
-        raise WorkloadError(f"workload.duration_s must be > 0 seconds, got {duration!r}")
+    elif _number_at_least(params, "duration_s", 0.0) == 0:
+        raise WorkloadError("workload.duration_s must be > 0 seconds, got 0")
     elif rate is None:
         raise WorkloadError("workload.duration_s needs a finite workload.rate (Poisson arrivals)")
     n, beam = _int_at_least(params, "n", 1), _int_at_least(params, "beam_width", 1)
     if n > 1 and beam > 1:
         raise WorkloadError("use either workload.n > 1 or workload.beam_width > 1, not both")
+    _number_at_least(params, "warmup_s", 0.0)
+    _number_at_least(params, "temperature", 0.0)
+    if not isinstance(params["ignore_eos"], bool):
+        raise WorkloadError(f"workload.ignore_eos must be true or false, got {params['ignore_eos']!r}")
+    if params["sampling_seed"] is not None and not isinstance(params["sampling_seed"], int):
+        raise WorkloadError(f"workload.sampling_seed must be an integer or null, "
+                            f"got {params['sampling_seed']!r}")
     if not isinstance(params["seed"], int):
         raise WorkloadError(f"workload.seed must be an integer offset, got {params['seed']!r}")
     if vocab_size <= TEXT_TOKEN_ID_LOW + 1:

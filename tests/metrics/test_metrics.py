@@ -86,7 +86,7 @@ def test_memory_is_time_averaged_and_batch_is_step_averaged():
 
 
 def test_sharing_prefix_preemption_and_swap():
-    m = compute(bytes_per_block=1000)
+    m = compute(block_bytes=1000)
     assert m["prefix_hit_rate"] == pytest.approx(4 / 40)
     assert m["num_preemptions"] == 1
     assert m["swapped_bytes"] == pytest.approx(4 * 1000)

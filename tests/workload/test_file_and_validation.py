@@ -119,3 +119,13 @@ def test_every_shipped_yaml_builds():
         if cfg["name"] == "file":
             continue  # needs a user-provided path
         assert len(build_workload({**cfg, "num_requests": 20}, **OPT)) == 20
+
+
+@pytest.mark.parametrize("key, bad", [("warmup_s", -1), ("temperature", -0.5), ("ignore_eos", "yes"),
+                                      ("sampling_seed", 1.5)])
+def test_driver_keys_are_accepted_and_validated(key, bad):
+    ok = build_workload({"name": "fixed", "num_requests": 2, "warmup_s": 60, "temperature": 0.0,
+                         "ignore_eos": False, "sampling_seed": 7}, **OPT)
+    assert ok.config["warmup_s"] == 60 and ok.config["ignore_eos"] is False
+    with pytest.raises(ValueError, match=f"workload.{key}"):
+        build_workload({"name": "fixed", "num_requests": 2, key: bad}, **OPT)
