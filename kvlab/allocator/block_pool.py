@@ -17,7 +17,7 @@ been free longest (and, for the prefix cache, unreferenced longest) is reused fi
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 
 class BlockPool:
@@ -89,8 +89,59 @@ class BlockPool:
         """Assert ``ref`` equals ``expected_refs`` (block -> holders; absent = 0) and that the free
         queue holds exactly the blocks with ``ref == 0``. O(num_blocks): tests only."""
         assert len(self.ref) == self.num_blocks
+        free = set(self.free)
+        assert len(free) == len(self.free), "a block is queued twice"
         for b, r in enumerate(self.ref):
             want = expected_refs.get(b, 0)
             assert r == want, f"block {b}: ref {r} but held by {want} tables"
-            assert (b in self.free) == (r == 0), f"block {b}: ref {r} but in-free-queue={b in self.free}"
+            assert (b in free) == (r == 0), f"block {b}: ref {r} but in-free-queue={b in free}"
         assert len(self.free) + sum(1 for r in self.ref if r > 0) == self.num_blocks, "blocks not conserved"
+
+
+class FifoBlockPool(BlockPool):
+    """A :class:`BlockPool` whose free queue is a ``deque``: same LRU order, no removal from the
+    middle (so no :meth:`take`/reviving :meth:`incref`). Used where blocks are never taken back
+    out of the queue (paged without prefix cache, CPU swap pools): ``deque.popleft``/``extend``
+    are cheaper than the ``OrderedDict`` node bookkeeping, which matters for freeing long tables.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, num_blocks: int) -> None:
+        super().__init__(num_blocks)
+        self.free = deque(range(num_blocks))  # type: ignore[assignment]
+
+    def pop_free(self) -> int:
+        b = self.free.popleft()  # type: ignore[attr-defined]
+        self.ref[b] = 1
+        return b
+
+    def take(self, b: int) -> None:
+        raise NotImplementedError("FifoBlockPool cannot take a block out of the middle of its queue")
+
+    def incref(self, b: int) -> None:
+        if self.ref[b] == 0:
+            raise NotImplementedError("FifoBlockPool cannot revive a free block")
+        self.ref[b] += 1
+
+    def decref(self, b: int) -> bool:
+        r = self.ref[b] - 1
+        self.ref[b] = r
+        if r == 0:
+            self.free.append(b)  # type: ignore[attr-defined]
+            return True
+        if r < 0:
+            raise AssertionError(f"block {b}: reference count went negative")
+        return False
+
+    def decref_all_reversed(self, blocks: list[int]) -> None:
+        ref = self.ref
+        freed = []
+        for b in reversed(blocks):
+            r = ref[b] - 1
+            ref[b] = r
+            if r == 0:
+                freed.append(b)
+            elif r < 0:
+                raise AssertionError(f"block {b}: reference count went negative")
+        self.free.extend(freed)  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ from collections import Counter
 
 from kvlab.allocator import ALLOCATORS
 from kvlab.allocator.base import MemoryReport
-from kvlab.allocator.block_pool import BlockPool
+from kvlab.allocator.block_pool import BlockPool, FifoBlockPool
 from kvlab.allocator.contiguous_report import contiguous_memory_report
 from kvlab.allocator.options import cdiv, check_options, validate_geometry
 from kvlab.allocator.placement import BuddyPlacement, FirstFitPlacement
@@ -63,7 +63,7 @@ class ContiguousAllocator:
         self.max_model_len = max_model_len
         self.seed = seed
         self.pool = BlockPool(num_blocks)
-        self.cpu_pool = BlockPool(num_cpu_blocks)
+        self.cpu_pool = FifoBlockPool(num_cpu_blocks)
         if self.options["placement"] == "buddy":
             max_chunk = 1 << (cdiv(max_model_len, block_size) - 1).bit_length()
             self.placement: FirstFitPlacement | BuddyPlacement = BuddyPlacement(num_blocks, max_chunk)
@@ -151,7 +151,7 @@ class ContiguousAllocator:
         if run is not None:
             return [] if total <= run[2] else None
         if seq.seq_id in self._swapped:
-            return None  # swapped out: swap_in first
+            raise ValueError(f"seq {seq.seq_id} is swapped out: swap_in before allocating")
         if total > self.max_model_len:
             return None  # can never fit
         rid = seq.request.request_id

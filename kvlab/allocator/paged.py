@@ -13,7 +13,7 @@ from collections import Counter
 
 from kvlab.allocator import ALLOCATORS
 from kvlab.allocator.base import MemoryReport
-from kvlab.allocator.block_pool import BlockPool
+from kvlab.allocator.block_pool import BlockPool, FifoBlockPool
 from kvlab.allocator.options import cdiv, check_options, validate_geometry
 from kvlab.allocator.paged_report import paged_memory_report
 from kvlab.request import Sequence
@@ -39,6 +39,7 @@ class PagedAllocator:
 
     OPTIONS: dict[str, tuple[str, ...]] = {}
     name = "paged"
+    POOL: type[BlockPool] = FifoBlockPool  # prefix caching needs removal from the middle
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
                  num_cpu_blocks: int = 0, seed: int = 0, **options: object) -> None:
@@ -48,8 +49,8 @@ class PagedAllocator:
         self.block_size = block_size
         self.max_model_len = max_model_len
         self.seed = seed
-        self.pool = BlockPool(num_blocks)
-        self.cpu_pool = BlockPool(num_cpu_blocks)
+        self.pool = self.POOL(num_blocks)
+        self.cpu_pool = FifoBlockPool(num_cpu_blocks)
         self._tables: dict[int, list[int]] = {}  # seq_id -> GPU block ids, logical order
         self._seqs: dict[int, Sequence] = {}  # seq_id -> sequence, for the memory report
         self._swapped: dict[int, list[int]] = {}  # seq_id -> CPU block ids
@@ -97,7 +98,7 @@ class PagedAllocator:
             if total <= len(table) * bs:
                 ref = self.pool.ref
                 i = start // bs
-                last = cdiv(total, bs)
+                last = -(-total // bs)  # cdiv, inlined: this path runs once per decode token
                 while i < last and ref[table[i]] == 1:
                     i += 1
                 if i >= last:
@@ -116,6 +117,8 @@ class PagedAllocator:
             raise ValueError(f"seq {sid}: a computed prefix can only be attached to an empty table")
         if ctokens != len(cblocks) * bs:
             raise ValueError(f"computed tokens {ctokens} != {len(cblocks)} full blocks of {bs}")
+        if table is None and sid in self._swapped:
+            raise ValueError(f"seq {sid} is swapped out: swap_in before allocating")
         cur = table if table is not None else []
         held = len(cur) + len(cblocks)
         start = seq.num_computed_tokens + ctokens

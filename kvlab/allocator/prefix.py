@@ -16,6 +16,7 @@ only unreferenced blocks are ever evicted, least recently released first.
 from __future__ import annotations
 
 from kvlab.allocator import ALLOCATORS
+from kvlab.allocator.block_pool import BlockPool
 from kvlab.allocator.paged import PagedAllocator
 from kvlab.request import Sequence
 
@@ -37,6 +38,7 @@ class PrefixCachingAllocator(PagedAllocator):
     """
 
     name = "prefix"
+    POOL = BlockPool  # OrderedDict queue: a hit takes a cached block out of the middle
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
                  num_cpu_blocks: int = 0, seed: int = 0, **options: object) -> None:

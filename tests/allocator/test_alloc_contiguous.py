@@ -72,7 +72,8 @@ def test_contiguous_swap_roundtrip() -> None:
     seq.num_computed_tokens = 10
     out = a.swap_out([seq])
     assert out == [(0, 0), (1, 1), (2, 2)] and a.num_free_blocks() == 16  # held run released too
-    assert a.allocate_slots(seq, 1) is None  # swapped: swap it in first
+    with pytest.raises(ValueError, match="swap_in"):
+        a.allocate_slots(seq, 1)  # swapped: swap it in first
     assert a.swap_in([seq]) == [(0, 0), (1, 1), (2, 2)]
     assert a.num_free_blocks() == 8 and a.num_free_cpu_blocks() == 8  # held run re-reserved
     a.fork(seq, seq.fork())  # uses the re-reserved run
