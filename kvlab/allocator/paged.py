@@ -40,6 +40,7 @@ class PagedAllocator:
     OPTIONS: dict[str, tuple[str, ...]] = {}
     name = "paged"
     POOL: type[BlockPool] = FifoBlockPool  # prefix caching needs removal from the middle
+    _REGISTERS = False  # does _after_allocate do anything (prefix: register full blocks)
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
                  num_cpu_blocks: int = 0, seed: int = 0, **options: object) -> None:
@@ -102,7 +103,8 @@ class PagedAllocator:
                 while i < last and ref[table[i]] == 1:
                     i += 1
                 if i >= last:
-                    self._after_allocate(seq, table, total)
+                    if self._REGISTERS:  # skip a no-op call on the paged hot path
+                        self._after_allocate(seq, table, total)
                     return []
         return self._allocate(seq, num_new_tokens, computed)
 

@@ -39,6 +39,7 @@ class PrefixCachingAllocator(PagedAllocator):
 
     name = "prefix"
     POOL = BlockPool  # OrderedDict queue: a hit takes a cached block out of the middle
+    _REGISTERS = True
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
                  num_cpu_blocks: int = 0, seed: int = 0, **options: object) -> None:
