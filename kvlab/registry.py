@@ -39,7 +39,15 @@ class Registry(Generic[T]):
             ) from None
 
     def build(self, name: str, *args: object, **kwargs: object) -> T:
-        return self.get(name)(*args, **kwargs)
+        """Call the factory; an unknown keyword option becomes a ``ValueError`` naming it."""
+        factory = self.get(name)
+        try:
+            return factory(*args, **kwargs)
+        except TypeError as e:
+            if "unexpected keyword argument" not in str(e):
+                raise
+            bad = str(e).split("unexpected keyword argument")[-1].strip(" '\"")
+            raise ValueError(f"unknown option {self.family}.{bad} for {self.family}={name!r}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

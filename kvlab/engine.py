@@ -1,0 +1,230 @@
+"""``LLMEngine``: one step = schedule -> execute -> commit, with per-step and per-request records.
+
+The engine wires a config into an executor (sim or real model), sizes the block pool from the
+executor's memory budget (unless ``allocator.num_blocks`` overrides it), builds the allocator and
+the scheduler, and runs steps. It keeps a clock: virtual for the simulator (advanced by each
+step's modelled duration), wall time for real executors.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from kvlab.allocator import ALLOCATORS
+from kvlab.commit import Committer, reported_seqs
+from kvlab.config_check import EXECUTOR_MODULES, as_plain, check_config
+from kvlab.executor import EXECUTORS, Executor, ScheduledSeq, StepInput
+from kvlab.outputs import CompletionOutput, RequestOutput
+from kvlab.records import RequestRecord, StepRecord
+from kvlab.request import Request, SamplingParams
+from kvlab.scheduler import SCHEDULERS, SchedulerOutput
+
+GiB = 1 << 30
+
+
+class LLMEngine:
+    def __init__(self, cfg: Mapping[str, Any], executor: Executor | None = None) -> None:
+        cfg = as_plain(cfg)
+        check_config(cfg)
+        self.cfg = cfg
+        self.executor = executor if executor is not None else _build_executor(cfg)
+        alloc = dict(cfg["allocator"])
+        name, num_blocks = alloc.pop("name"), alloc.pop("num_blocks", None)
+        block_size = int(alloc.get("block_size", 16))
+        self.block_size = block_size
+        self.max_model_len = int(cfg.get("kv", {}).get("max_model_len") or self.executor.max_model_len)
+        self.block_bytes = self.executor.kv_bytes_per_block(block_size)
+        if num_blocks is None:
+            num_blocks = self.executor.kv_capacity_blocks(block_size)
+        if num_blocks < 1:
+            raise ValueError(f"the KV budget holds no block of {block_size} tokens: raise the memory "
+                             "budget or set allocator.num_blocks")
+        swap_gib = float(cfg.get("kv", {}).get("swap_space_gib", 0.0))
+        num_cpu_blocks = int(swap_gib * GiB // self.block_bytes)
+        self.allocator = ALLOCATORS.build(name, int(num_blocks), max_model_len=self.max_model_len,
+                                          num_cpu_blocks=num_cpu_blocks, seed=int(cfg.get("seed", 0)),
+                                          **alloc)
+        sched = dict(cfg["scheduler"])
+        self.scheduler = SCHEDULERS.build(sched.pop("name"), self.allocator, self.max_model_len, **sched)
+        self.executor.init_cache(int(num_blocks), num_cpu_blocks, block_size)
+        self.kv_capacity_tokens = int(num_blocks) * block_size
+        self.tokenizer = getattr(self.executor, "tokenizer", None)
+        decode = None
+        if self.tokenizer is not None:
+            decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        self.committer = Committer(self.scheduler, self.executor.eos_token_id, self.max_model_len, decode)
+        self.virtual_time = bool(getattr(self.executor, "virtual_time", False))
+        self._t0 = time.perf_counter()
+        self._now = 0.0
+        self._ids = itertools.count()
+        self.requests: dict[str, Request] = {}
+        self.step_records: list[StepRecord] = []
+        self.request_records: list[RequestRecord] = []
+        self.num_steps = 0
+
+    # -- clock --
+    def now(self) -> float:
+        return self._now if self.virtual_time else time.perf_counter() - self._t0
+
+    def advance_to(self, t: float) -> None:
+        """Idle until ``t`` (virtual clock jumps; wall clock sleeps)."""
+        if self.virtual_time:
+            self._now = max(self._now, t)
+        else:
+            delay = t - self.now()
+            if delay > 0:
+                time.sleep(delay)
+
+    # -- requests --
+    def add_request(self, prompt: str | list[int] | None, params: SamplingParams, *,
+                    request_id: str | None = None, arrival_time: float | None = None,
+                    expected_output_len: int | None = None) -> Request:
+        """Validate and enqueue a request. Raises ``ValueError`` (nothing is allocated then)."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this executor has no tokenizer: pass prompt token ids")
+            text, ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, ids = None, list(prompt or [])
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"the prompt has {len(ids)} tokens; the model's maximum length is "
+                             f"{self.max_model_len} (prompt + at least one generated token)")
+        params.validate()
+        rid = request_id if request_id is not None else f"req-{next(self._ids)}"
+        if rid in self.requests:
+            raise ValueError(f"request id {rid!r} is already in use")
+        req = Request(rid, ids, params, self.now() if arrival_time is None else arrival_time,
+                      expected_output_len=expected_output_len, prompt=text)
+        self.requests[rid] = req
+        self.scheduler.add_request(req)
+        return req
+
+    def abort_request(self, request_id: str) -> None:
+        """Stop a request wherever it is and free its blocks (idempotent)."""
+        req = self.scheduler.abort_request(request_id)
+        if req is not None:
+            self._finish(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # -- the step --
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration; returns outputs of requests that got tokens or finished."""
+        out = self.scheduler.schedule()
+        step_in = self._step_input(out)
+        result = self.executor.execute(step_in)
+        if self.virtual_time:
+            self._now += result.duration_s
+        now = self.now()
+        self.scheduler.update_after_step(out)
+        touched: dict[str, Request] = {}
+        for chunk in out.chunks:
+            req = chunk.seq.request
+            if req.first_scheduled_time is None:
+                req.first_scheduled_time = now - result.duration_s
+            touched[req.request_id] = req
+        outputs = []
+        for req in self.scheduler.rejected:
+            self._finish(req)
+            outputs.append(self.make_output(req))
+        self.scheduler.rejected.clear()
+        for req in touched.values():
+            if self.committer.commit(req, result.samples, now):
+                if req.first_token_time is None:
+                    req.first_token_time = now
+            if not req.live_seqs():
+                self._finish(req)
+                outputs.append(self.make_output(req))
+            elif req.first_token_time is not None:
+                outputs.append(self.make_output(req))
+        self._record_step(out, result.duration_s, result.swap_time_s, now)
+        return outputs
+
+    def _step_input(self, out: SchedulerOutput) -> StepInput:
+        seqs = []
+        for chunk in out.chunks:
+            seq, n = chunk.seq, chunk.num_new_tokens
+            start = seq.num_computed_tokens
+            sp = seq.request.sampling_params
+            samples = 0
+            if start + n == seq.num_tokens:
+                if sp.use_beam_search:
+                    samples = 2 * sp.beam_width
+                elif sp.n > 1 and len(seq.request.seqs) == 1 and seq.num_output_tokens == 0:
+                    samples = sp.n
+                else:
+                    samples = 1
+            seqs.append(ScheduledSeq(seq.seq_id, seq.request.request_id, seq.token_ids[start:start + n],
+                                     start, chunk.block_table, samples, sp, seq.num_output_tokens,
+                                     is_prefill=start < seq.num_prompt_tokens or n > 1,
+                                     beam=sp.use_beam_search))
+        return StepInput(seqs, out.blocks_to_copy, out.blocks_to_swap_out, out.blocks_to_swap_in)
+
+    def _finish(self, req: Request) -> None:
+        self.scheduler.finish_request(req)
+        if req.finish_time is not None:
+            return
+        req.finish_time = self.now()
+        best = reported_seqs(req)
+        seq = best[0] if best else req.seqs[0]
+        self.request_records.append(RequestRecord(
+            request_id=req.request_id, arrival_time=req.arrival_time,
+            first_scheduled_time=req.first_scheduled_time, first_token_time=req.first_token_time,
+            finish_time=req.finish_time, prompt_len=req.num_prompt_tokens,
+            output_len=seq.num_output_tokens,
+            total_output_tokens=sum(s.num_output_tokens for s in best) if best else 0,
+            num_seqs=req.sampling_params.num_seqs, num_preemptions=req.num_preemptions,
+            num_cached_tokens=req.num_cached_tokens, finish_reason=seq.status.finish_reason,
+            token_times=list(seq.token_times)))
+
+    def _record_step(self, out: SchedulerOutput, duration: float, swap_time: float, now: float) -> None:
+        self.num_steps += 1
+        m = self.allocator.memory_report()
+        s = self.scheduler
+        self.step_records.append(StepRecord(
+            step=self.num_steps, time=now, duration_s=duration, num_running=len(s.running),
+            num_waiting=len(s.waiting), num_swapped=len(s.swapped), num_running_seqs=s.num_running_seqs(),
+            num_batched_tokens=out.num_batched_tokens, num_prefill_tokens=out.num_prefill_tokens,
+            num_decode_tokens=out.num_decode_tokens, num_preempted=len(out.preempted),
+            swapped_out_blocks=len(out.blocks_to_swap_out), swapped_in_blocks=len(out.blocks_to_swap_in),
+            swap_time_s=swap_time, total_slots=m.total_slots, token_states=m.token_states,
+            reservation=m.reservation, internal_frag=m.internal_frag, external_frag=m.external_frag,
+            free_slots=m.free_slots, logical_blocks=m.logical_blocks, physical_blocks=m.physical_blocks,
+            shared_saved_slots=m.shared_saved_slots))
+
+    # -- outputs --
+    def make_output(self, req: Request) -> RequestOutput:
+        outs = []
+        for i, seq in enumerate(reported_seqs(req)):
+            ids = seq.output_token_ids
+            text = ""
+            if self.tokenizer is not None:
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                if isinstance(seq.stop_reason, str) and seq.stop_reason in text:
+                    text = text[: text.index(seq.stop_reason)]
+            lps = seq.top_logprobs if req.sampling_params.logprobs is not None else None
+            outs.append(CompletionOutput(i, text, list(ids), seq.cumulative_logprob, lps,
+                                         seq.status.finish_reason if seq.is_finished else None,
+                                         seq.stop_reason))
+        finished = req.finish_time is not None
+        rec = self.request_records[-1] if finished and self.request_records and \
+            self.request_records[-1].request_id == req.request_id else None
+        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished,
+                             req.num_cached_tokens, rec)
+
+
+def _build_executor(cfg: dict[str, Any]) -> Executor:
+    name = cfg["executor"]["name"]
+    if name == "auto":
+        from kvlab.executor.auto import resolve_auto
+
+        name = resolve_auto(cfg)
+    importlib.import_module(EXECUTOR_MODULES[name])  # registers the factory
+    return EXECUTORS.build(name, cfg)

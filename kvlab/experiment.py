@@ -1,0 +1,77 @@
+"""One experiment: config -> engine + workload -> replay -> metrics and record files.
+
+Writes, into the output directory: ``metrics.json``, ``requests.csv``, ``steps.csv`` and the
+resolved ``config.yaml`` (so every result sits beside the config that made it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kvlab.config_check import as_plain, check_config
+from kvlab.driver import replay
+from kvlab.engine import LLMEngine
+from kvlab.metrics import compute_metrics
+from kvlab.workloads import build_workload
+
+
+def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
+    """Run ``cfg`` and write its records; returns {"metrics", "engine", "workload", "samples"}."""
+    cfg = as_plain(cfg)
+    check_config(cfg)
+    model = cfg["model"]
+    max_len = int(cfg.get("kv", {}).get("max_model_len") or model["max_model_len"])
+    wl_cfg = cfg["workload"]
+    needs_tokenizer = wl_cfg.get("name") in ("file", "prompts")
+    if not needs_tokenizer:  # validate the workload before any slow setup (model load)
+        workload = build_workload(wl_cfg, seed=int(cfg.get("seed", 0)), vocab_size=int(model["vocab_size"]),
+                                  max_model_len=max_len)
+    engine = LLMEngine(cfg)
+    if needs_tokenizer:
+        workload = build_workload(wl_cfg, seed=int(cfg.get("seed", 0)), vocab_size=int(model["vocab_size"]),
+                                  max_model_len=engine.max_model_len, tokenizer=engine.tokenizer)
+    ignore_eos = bool(wl_cfg.get("ignore_eos", True))
+    replay(engine, workload.requests, show_progress=bool(cfg.get("show_progress", True)),
+           ignore_eos=ignore_eos, temperature=float(wl_cfg.get("temperature", 1.0)),
+           seed=wl_cfg.get("sampling_seed"))
+    hw = cfg.get("hardware") or {}
+    metrics = compute_metrics(
+        engine.request_records, engine.step_records, kv_capacity_tokens=engine.kv_capacity_tokens,
+        price_per_hour=float(hw.get("price_per_hour", 0.0) or 0.0),
+        num_gpus=int(model.get("tensor_parallel", 1) or 1),
+        block_bytes=engine.block_bytes, warmup_s=float(wl_cfg.get("warmup_s", 0.0) or 0.0))
+    metrics.update(_allocator_counters(engine))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    pd.DataFrame([r.as_dict() for r in engine.request_records]).to_csv(out / "requests.csv", index=False)
+    pd.DataFrame([s.as_dict() for s in engine.step_records]).to_csv(out / "steps.csv", index=False)
+    _write_config(cfg, out / "config.yaml")
+    samples = [] if engine.tokenizer is None else _samples(engine)
+    return {"metrics": metrics, "engine": engine, "workload": workload, "samples": samples}
+
+
+def _allocator_counters(engine: LLMEngine) -> dict[str, Any]:
+    stats = engine.allocator.stats()
+    return {"prefix_query_tokens": stats.get("prefix_query_tokens", 0),
+            "prefix_hit_tokens": stats.get("prefix_hit_tokens", 0),
+            "num_blocks": engine.allocator.num_blocks, "block_size": engine.block_size}
+
+
+def _samples(engine: LLMEngine, k: int = 3) -> list[tuple[str, str]]:
+    out = []
+    for req in list(engine.requests.values())[:k]:
+        o = engine.make_output(req)
+        prompt = req.prompt if req.prompt is not None else engine.tokenizer.decode(req.prompt_token_ids)
+        out.append((prompt, o.outputs[0].text if o.outputs else ""))
+    return out
+
+
+def _write_config(cfg: dict[str, Any], path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.save(OmegaConf.create(cfg), path)

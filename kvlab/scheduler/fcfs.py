@@ -1,0 +1,219 @@
+"""Iteration-level FCFS scheduling (Orca / vLLM): continuous batching with a token budget.
+
+Each step: (1) running requests, oldest first, get their next tokens (decodes, or the next
+chunk of a prompt); when the allocator runs out of blocks the latest-arrived running request is
+preempted (recompute: blocks freed, tokens recomputed later; swap: KV moved to the CPU pool, all
+or nothing per request). (2) If nothing was preempted, swapped requests come back first, then
+(3) waiting requests are admitted in arrival order while blocks above the watermark, the token
+budget and ``max_num_seqs`` allow — and, as in the paper, none while any request is swapped out.
+
+The sequences of one request (parallel samples, beams) are scheduled together or not at all.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+from kvlab.allocator.base import KVAllocator
+from kvlab.registry import Registry
+from kvlab.request import Request, SequenceStatus
+from kvlab.scheduler.base import ScheduledChunk, SchedulerBase, SchedulerOutput
+
+SCHEDULERS: Registry[SchedulerBase] = Registry("scheduler")
+
+PREEMPTION_MODES = ("recompute", "swap")
+
+
+def _arrival(req: Request) -> float:
+    return req.arrival_time
+
+
+class FCFSScheduler(SchedulerBase):
+    def __init__(self, allocator: KVAllocator, max_model_len: int, *, chunked_prefill: bool = True,
+                 preemption: str = "recompute", **kw: int | float) -> None:
+        super().__init__(allocator, max_model_len, **kw)  # type: ignore[arg-type]
+        if preemption not in PREEMPTION_MODES:
+            raise ValueError(f"scheduler.preemption={preemption!r}; choose one of {PREEMPTION_MODES}")
+        if not chunked_prefill and self.max_num_batched_tokens < max_model_len:
+            raise ValueError(
+                f"scheduler.max_num_batched_tokens={self.max_num_batched_tokens} is smaller than the "
+                f"max model length {max_model_len}: a long prompt could never be scheduled. Set "
+                "scheduler.chunked_prefill=true or raise max_num_batched_tokens (or kv.max_model_len).")
+        self.chunked_prefill = chunked_prefill
+        self.preemption = preemption
+
+    # -- hooks for subclasses --
+    def _admission_open(self) -> bool:
+        """May waiting requests be admitted this step? (FCFS: unless a request is swapped out.)"""
+        return not self.swapped
+
+    def _order_waiting(self) -> None:
+        """Reorder ``self.waiting`` before admission (FCFS keeps arrival order)."""
+
+    # -- the step --
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.max_num_batched_tokens
+        i = 0
+        while i < len(self.running):
+            req = self.running[i]
+            got = self._schedule_running(req, budget, out)
+            if got is None:  # req itself was preempted
+                continue
+            budget -= got
+            i += 1
+        if not out.preempted:
+            budget = self._swap_in(budget, out)
+            if self._admission_open():
+                self._admit(budget, out)
+        out.blocks_to_copy.extend(self.allocator.take_copies())
+        return out
+
+    def _schedule_running(self, req: Request, budget: int, out: SchedulerOutput,
+                          may_preempt: bool = True) -> int | None:
+        """Schedule one running request's sequences. Returns tokens used (0: not this step), or
+        None if it was preempted to make room for itself."""
+        seqs = req.live_seqs()
+        todo = [(s, s.num_tokens - s.num_computed_tokens) for s in seqs]
+        if len(todo) == 1 and todo[0][1] > 1 and self.chunked_prefill:
+            todo = [(todo[0][0], min(todo[0][1], budget))]
+        need = sum(n for _, n in todo)
+        if need == 0 or need > budget:
+            return 0
+        chunks = []
+        for seq, n in todo:
+            while self.allocator.allocate_slots(seq, n) is None:
+                if not may_preempt:
+                    return 0
+                victim = self.running[-1]
+                self._preempt(victim, out)
+                if victim is req:
+                    return None
+            chunks.append(ScheduledChunk(seq, n, self.allocator.block_table(seq)))
+        self._emit(chunks, out)
+        return need
+
+    def _emit(self, chunks: list[ScheduledChunk], out: SchedulerOutput) -> None:
+        for c in chunks:
+            out.chunks.append(c)
+            if c.num_new_tokens == 1 and c.seq.num_computed_tokens >= c.seq.num_prompt_tokens:
+                out.num_decode_tokens += 1
+            else:
+                out.num_prefill_tokens += c.num_new_tokens
+
+    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+        self.running.remove(req)
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        out.preempted.append(req)
+        live = req.live_seqs()
+        # Multi-sequence groups prefer swap (their forked KV cannot be recomputed as one prompt).
+        if self.preemption == "swap" or len(live) > 1:
+            pairs = self.allocator.swap_out(live)
+            if pairs is not None:
+                for s in live:
+                    s.status = SequenceStatus.SWAPPED
+                out.blocks_to_swap_out.extend(pairs)
+                bisect.insort(self.swapped, req, key=_arrival)
+                return
+        for s in live:  # recompute (also the fallback when the swap pool is full)
+            self.allocator.free(s)
+            s.num_computed_tokens = 0
+            s.status = SequenceStatus.WAITING
+        self.waiting.appendleft(req)
+
+    def _swap_in(self, budget: int, out: SchedulerOutput) -> int:
+        while self.swapped:
+            req = self.swapped[0]
+            live = req.live_seqs()
+            blocks = sum(self._blocks_for(s.num_tokens) for s in live)
+            if budget < len(live) or not self._can_admit(blocks):
+                break
+            pairs = self.allocator.swap_in(live)
+            if pairs is None:
+                break
+            self.swapped.popleft()
+            out.blocks_to_swap_in.extend(pairs)
+            for s in live:
+                s.status = SequenceStatus.RUNNING
+            bisect.insort(self.running, req, key=_arrival)
+            got = self._schedule_running(req, budget, out, may_preempt=False)
+            budget -= got or 0
+        return budget
+
+    def _admit(self, budget: int, out: SchedulerOutput) -> None:
+        self._order_waiting()
+        num_seqs = self.num_running_seqs()
+        while self.waiting and budget > 0:
+            req = self.waiting[0]
+            live = req.live_seqs()
+            if num_seqs + req.sampling_params.num_seqs > self.max_num_seqs and self.running:
+                break
+            plans = []
+            for seq in live:
+                computed = self.allocator.get_computed_blocks(seq) if seq.num_computed_tokens == 0 else ([], 0)
+                n = seq.num_tokens - seq.num_computed_tokens - computed[1]
+                plans.append((seq, computed, n))
+            need = sum(n for _, _, n in plans)
+            if need > budget:
+                if not (self.chunked_prefill and len(plans) == 1):
+                    break
+                plans = [(plans[0][0], plans[0][1], budget)]
+                need = budget
+            blocks_needed = sum(self._blocks_for(s.num_computed_tokens + c[1] + n) - len(c[0])
+                                for s, c, n in plans)
+            if not self._can_admit(blocks_needed):
+                if self._reject_if_infeasible(req):
+                    continue
+                break
+            chunks = self._allocate_group(plans)
+            if chunks is None:
+                if self._reject_if_infeasible(req):
+                    continue
+                break
+            self._start(req, live, chunks, out)
+            budget -= need
+            num_seqs += len(live)
+
+    def _allocate_group(self, plans: list) -> list[ScheduledChunk] | None:
+        """Allocate every sequence of a request being admitted, or none of them (atomic)."""
+        saved = [(s, s.num_computed_tokens, s.num_cached_tokens) for s, _, _ in plans]
+        chunks: list[ScheduledChunk] = []
+        for seq, computed, n in plans:
+            if self.allocator.allocate_slots(seq, n, computed if computed[1] else None) is None:
+                for s, num_computed, num_cached in saved[: len(chunks)]:
+                    self.allocator.free(s)
+                    s.num_computed_tokens, s.num_cached_tokens = num_computed, num_cached
+                return None
+            seq.num_computed_tokens += computed[1]
+            seq.num_cached_tokens = computed[1]
+            chunks.append(ScheduledChunk(seq, n, self.allocator.block_table(seq)))
+        return chunks
+
+    def _start(self, req: Request, live: list, chunks: list[ScheduledChunk], out: SchedulerOutput) -> None:
+        self.waiting.popleft()
+        if req.first_scheduled_time is None:
+            req.num_cached_tokens = sum(s.num_cached_tokens for s in live)
+        for seq in live:
+            seq.status = SequenceStatus.RUNNING
+        bisect.insort(self.running, req, key=_arrival)
+        self._emit(chunks, out)
+
+    def _reject_if_infeasible(self, req: Request) -> bool:
+        """A request that does not fit into an otherwise empty pool never will: abort it instead of
+        waiting forever (e.g. a parallel-sampling group recomputed without sharing, or a
+        reservation larger than the pool). The engine reports it with finish reason "abort"."""
+        if self.running or self.swapped:
+            return False
+        self.waiting.remove(req)
+        for seq in req.seqs:
+            if not seq.is_finished:
+                self.allocator.free(seq)
+                seq.status = SequenceStatus.FINISHED_ABORTED
+        self.rejected.append(req)
+        return True
+
+
+@SCHEDULERS.register("fcfs")
+def _build_fcfs(allocator: KVAllocator, max_model_len: int, **options: object) -> FCFSScheduler:
+    return FCFSScheduler(allocator, max_model_len, **options)  # type: ignore[arg-type]
