@@ -41,7 +41,8 @@ class ContiguousAllocator:
     reserves ``group_size`` runs atomically; the extra runs are held for the request's later
     forks (or re-admitted siblings), so ``fork`` does not fail for lack of room. Held runs are
     released when the request's last live sequence here is freed (a per-request count of
-    sequences holding a run or a swapped copy).
+    sequences holding a run or a swapped copy). With beam search a freed (pruned) beam's run is
+    held too while other beams live, since a survivor's fork replaces it in the same step.
 
     Args: as :class:`~kvlab.allocator.paged.PagedAllocator`, plus options ``reservation`` and
     ``placement``. Nothing is random; ``seed`` is accepted for the uniform constructor.
@@ -202,19 +203,25 @@ class ContiguousAllocator:
         self._copies.extend(zip(ptable[:n], table[:n]))
 
     def free(self, seq: Sequence) -> None:
-        """Release the run (and, with the request's last sequence, its held runs)."""
+        """Release the run (and, with the request's last sequence, its held runs). A pruned beam's
+        run is held for the request's next fork while other beams are alive."""
         sid = seq.seq_id
         run = self._runs.pop(sid, None)
         swapped = self._swapped.pop(sid, None)
         if run is None and swapped is None:
             return
+        rid = seq.request.request_id
         if run is not None:
             del self._tables[sid]
             del self._seqs[sid]
-            self._give_back(run)
+            if self._alive[rid] > 1 and seq.request.sampling_params.use_beam_search:
+                # Beam search frees pruned beams and forks survivors in the same step: keep the
+                # run for the request so the fork that replaces this beam cannot fail.
+                self._held.setdefault(rid, []).append(run)
+            else:
+                self._give_back(run)
         if swapped is not None:
             self.cpu_pool.decref_all_reversed(swapped[0])
-        rid = seq.request.request_id
         self._alive[rid] -= 1
         if self._alive[rid] == 0:
             del self._alive[rid]

@@ -78,3 +78,29 @@ def test_contiguous_swap_roundtrip() -> None:
     assert a.num_free_blocks() == 8 and a.num_free_cpu_blocks() == 8  # held run re-reserved
     a.fork(seq, seq.fork())  # uses the re-reserved run
     a.check_invariants()
+
+
+def test_beam_search_prune_then_fork_never_fails() -> None:
+    a = ALLOCATORS.build("contiguous", 8, 4, 16, reservation="oracle", placement="first_fit")
+    req = Request("beam", list(range(10)), SamplingParams(beam_width=2, max_tokens=6))
+    root = req.seqs[0]
+    a.allocate_slots(root, 10)
+    root.num_computed_tokens = 10
+    other = root.fork()
+    a.fork(root, other)
+    assert a.num_free_blocks() == 0
+    a.free(other)  # pruned: its run stays with the request ...
+    assert a.allocate_slots(group_seq(1, rid="x"), 4) is None  # ... not given to someone else
+    a.fork(root, root.fork())  # so the replacement beam's fork succeeds
+    a.check_invariants()
+
+
+def test_every_allocator_satisfies_the_protocol() -> None:
+    from omegaconf import OmegaConf
+
+    from kvlab.allocator import KVAllocator, build_allocator
+
+    for name in ALLOCATORS.names():
+        cfg = OmegaConf.create({"name": name, "block_size": 8, "num_blocks": None})
+        alloc = build_allocator(cfg, num_blocks=32, max_model_len=64, num_cpu_blocks=4, seed=1)
+        assert isinstance(alloc, KVAllocator) and alloc.block_size == 8

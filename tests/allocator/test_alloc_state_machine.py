@@ -61,13 +61,15 @@ class AllocatorMachine(RuleBasedStateMachine):
         return self.running + self.swapped + self.waiting
 
     @rule(prefix_len=st.integers(0, 24), tail=st.lists(st.integers(0, 9), max_size=10),
-          n=st.integers(1, 3), out_len=st.integers(1, 12))
-    def add_request(self, prefix_len: int, tail: list[int], n: int, out_len: int) -> None:
+          n=st.integers(1, 3), out_len=st.integers(1, 12), beam=st.booleans())
+    def add_request(self, prefix_len: int, tail: list[int], n: int, out_len: int, beam: bool) -> None:
         prompt = BASE[:prefix_len] + tail
         if not prompt:
             prompt = [1]
         self.n_req += 1
-        req = Request(f"r{self.n_req}", prompt, SamplingParams(n=n, max_tokens=out_len))
+        group = {"beam_width": n} if beam else {"n": n}
+        params = SamplingParams(max_tokens=out_len, **group)
+        req = Request(f"r{self.n_req}", prompt, params)
         self.waiting.append(req.seqs[0])
 
     @precondition(lambda self: self.waiting)
