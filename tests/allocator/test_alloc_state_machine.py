@@ -102,8 +102,8 @@ class AllocatorMachine(RuleBasedStateMachine):
         before = snapshot(self.allocs[0], self.tracked())
         got = self.call("allocate_slots", seq, 1)
         if got is None:
-            seq.token_ids.pop()
             assert snapshot(self.allocs[0], self.tracked()) == before
+            seq.token_ids.pop()
             return
         table = self.allocs[0].block_table(seq)
         for src, dst in self.call("take_copies"):  # copy-on-write: the copy replaced the shared block
