@@ -25,24 +25,16 @@ Run = tuple[int, int, int]  # (first block, granted blocks, usable token slots A
 class ContiguousAllocator:
     """Orca-style KV allocation: each sequence reserves ``A`` token slots of consecutive blocks.
 
-    ``A = min(P + R, max_model_len)`` (at least the tokens of the first allocation), where ``P``
-    is the prompt length and ``R`` the reserved output by option ``reservation``: ``max``
-    (``max_model_len - P``, Orca(Max)), ``pow2`` (next power of two >= expected output) or
-    ``oracle`` (the expected output exactly). ``placement`` is ``buddy`` (default, as the paper's
-    Orca: rounded up to a power of two of blocks; largest chunk ``max_model_len / B`` blocks
-    rounded up to a power of two) or ``first_fit`` (exactly ``ceil(A / B)`` blocks).
+    ``A = min(P + R, max_model_len)`` (at least the first allocation's tokens); ``R`` by option
+    ``reservation``: ``max`` (``max_model_len - P``), ``pow2`` (next power of two >= expected
+    output) or ``oracle`` (expected output). ``placement``: ``buddy`` (default; power-of-two
+    chunks as the paper's Orca) or ``first_fit`` (exactly ``ceil(A / B)`` blocks).
 
-    The whole run is taken at the sequence's first ``allocate_slots``; later calls return ``[]``
-    while ``num_computed_tokens + n <= A`` and ``None`` beyond it (the reservation never grows:
-    the scheduler sees "no room" and must preempt or finish the sequence; a recompute-preempted
-    sequence re-reserves at least its current length on re-admission).
-
-    Groups (``seq.group_size > 1``): the first allocation of a request with no live sequence here
-    reserves ``group_size`` runs atomically; the extra runs are held for the request's later
-    forks (or re-admitted siblings), so ``fork`` does not fail for lack of room. Held runs are
-    released when the request's last live sequence here is freed (a per-request count of
-    sequences holding a run or a swapped copy). With beam search a freed (pruned) beam's run is
-    held too while other beams live, since a survivor's fork replaces it in the same step.
+    The run is taken at the first ``allocate_slots``; later calls return ``[]`` while
+    ``num_computed_tokens + n <= A`` and ``None`` beyond it (it never grows: the scheduler must
+    preempt or finish the sequence). A request with ``group_size > 1`` reserves ``group_size``
+    runs at its first allocation and holds the spares (and pruned beams' runs) for its forks,
+    until its last live sequence here is freed. Details: ``docs/allocators.md``.
 
     Args: as :class:`~kvlab.allocator.paged.PagedAllocator`, plus options ``reservation`` and
     ``placement``. Nothing is random; ``seed`` is accepted for the uniform constructor.
