@@ -160,8 +160,14 @@ def random_weights(arch: ArchConfig, seed: int, device: torch.device,
     return w
 
 
-def load_tokenizer(path: Path) -> Any:
-    """The tokenizer (with its chat template) saved in a checkpoint directory, offline."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def load_tokenizer(path: Path) -> Any | None:
+    """The tokenizer (with its chat template) saved in a checkpoint directory, offline; None when
+    the directory holds weights only (no tokenizer file), so token-id workloads still run."""
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
