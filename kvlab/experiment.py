@@ -33,7 +33,8 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     engine = LLMEngine(cfg)
     if needs_tokenizer:
         workload = build_workload(wl_cfg, seed=int(cfg.get("seed", 0)), vocab_size=int(model["vocab_size"]),
-                                  max_model_len=engine.max_model_len, tokenizer=engine.tokenizer)
+                                  max_model_len=engine.max_model_len,
+                                  tokenizer=engine.tokenizer or _tokenizer_only(model))
     ignore_eos = bool(wl_cfg.get("ignore_eos", True))
     replay(engine, workload.requests, show_progress=bool(cfg.get("show_progress", True)),
            ignore_eos=ignore_eos, temperature=float(wl_cfg.get("temperature", 1.0)),
@@ -41,7 +42,7 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     hw = cfg.get("hardware") or {}
     metrics = compute_metrics(
         engine.request_records, engine.step_records, kv_capacity_tokens=engine.kv_capacity_tokens,
-        price_per_hour=float(hw.get("price_per_hour", 0.0) or 0.0),
+        price_per_hour=float(hw.get("price_per_gpu_hour", hw.get("price_per_hour", 0.0)) or 0.0),
         num_gpus=int(model.get("tensor_parallel", 1) or 1),
         block_bytes=engine.block_bytes, warmup_s=float(wl_cfg.get("warmup_s", 0.0) or 0.0))
     metrics.update(_allocator_counters(engine))
@@ -53,6 +54,17 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     _write_config(cfg, out / "config.yaml")
     samples = [] if engine.tokenizer is None else _samples(engine)
     return {"metrics": metrics, "engine": engine, "workload": workload, "samples": samples}
+
+
+def _tokenizer_only(model: dict[str, Any]) -> Any:
+    """The model's tokenizer without its weights: lets the simulator replay text workloads
+    (e.g. ``executor=sim`` on the default SmolLM2 prompts). None for weightless shapes."""
+    if not model.get("checkpoint") or model.get("checkpoint") == "random":
+        return None
+    from kvlab.models.loader import checkpoint_dir, load_tokenizer
+
+    path = checkpoint_dir(model)
+    return load_tokenizer(path) if path is not None else None
 
 
 def _allocator_counters(engine: LLMEngine) -> dict[str, Any]:

@@ -87,6 +87,7 @@ class Executor(Protocol):
 
     max_model_len: int
     eos_token_id: int | None
+    virtual_time: bool  # True: durations are modelled, the engine runs a virtual clock (optional attr)
 
     def kv_capacity_blocks(self, block_size: int) -> int: ...
 

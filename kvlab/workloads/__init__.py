@@ -24,6 +24,7 @@ from kvlab.workloads.base import (
 from kvlab.workloads.chat import chat
 from kvlab.workloads.file_loader import load_file
 from kvlab.workloads.lengths import PAPER_MEANS
+from kvlab.workloads.prompts import prompts
 from kvlab.workloads.shared_prefix import shared_prefix
 from kvlab.workloads.synthetic import fixed, paper_dataset, uniform
 
@@ -62,6 +63,8 @@ GENERATORS: dict[str, GeneratorSpec] = {
         {"prefix_len": 80, "suffix_len_min": 20, "suffix_len_max": 40,
          "output_len_min": 20, "output_len_max": 40},
         "SYNTHETIC shared-prefix (few-shot translation-like, Fig. 16)"),
+    "prompts": GeneratorSpec(prompts, {"output_len_min": 32, "output_len_max": 96},
+                             "built-in English instructions through the chat template"),
     "chat": GeneratorSpec(chat, {"new_prob": 0.1, "max_history": 1024, "max_output": 1024, "mean_turns": 4},
                           "SYNTHETIC multi-turn chat (ShareGPT-like turns, Fig. 17)"),
 }
