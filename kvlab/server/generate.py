@@ -26,6 +26,7 @@ from kvlab.server.async_engine import AsyncEngine, EngineDead, RequestStream
 from kvlab.server.outputs import DONE, ChoiceCursor, Delta, LogprobFormatter, next_delta, sse, usage
 from kvlab.server.protocol import GenerationRequest, OpenAIError, error_body, stop_list
 
+MAX_N = 64  # parallel samples per request (each is a sequence in the batch)
 # chunk(choice index, delta, cursor) -> the choice object of one streamed chunk
 ChoiceFn = Callable[[int, Delta, ChoiceCursor], dict[str, Any]]
 
@@ -38,6 +39,8 @@ def build_params(body: GenerationRequest, max_tokens: int | None, logprobs: int 
     """SamplingParams from the request; a bad value raises a 400 naming the parameter."""
     if max_tokens is not None and max_tokens < 1:
         raise OpenAIError(400, f"max_tokens must be at least 1, got {max_tokens}", param="max_tokens")
+    if not 1 <= body.n <= MAX_N:
+        raise OpenAIError(400, f"n must be in 1..{MAX_N}, got {body.n}", param="n")
     temperature = 1.0 if body.temperature is None else body.temperature
     if not 0 <= temperature <= 2:
         raise OpenAIError(400, f"temperature must be in [0, 2], got {temperature}", param="temperature")
