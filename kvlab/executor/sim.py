@@ -1,0 +1,209 @@
+"""``executor=sim``: the cost-model executor. Runs no model; predicts each step's duration.
+
+The engine, allocator and scheduler are the real ones; only the forward pass is replaced by
+:class:`~kvlab.executor.cost_model.CostModel`. Sampled tokens are dummies: uniform pseudo-random
+ids in ``[FIRST_TOKEN_ID, vocab)`` from one ``numpy`` Generator seeded with ``cfg.seed`` (so a
+run is deterministic for a seed), never ``eos`` (the sim has none) and never one of the
+request's ``stop_token_ids``. Output lengths therefore come from ``max_tokens`` (the trace's
+forced length), as in the paper's experiments. Beam candidates get distinct random tokens with
+random logprobs in descending order, so the engine's beam selection keeps random beams.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from kvlab.executor import EXECUTORS
+from kvlab.executor.base import Sample, ScheduledSeq, StepInput, StepOutput
+from kvlab.executor.cost_model import (
+    KERNELS_PER_LAYER,
+    PAPER_MAX_NUM_BATCHED_TOKENS,
+    WORKSPACE_BYTES,
+    CostModel,
+    kv_capacity_tokens,
+)
+from kvlab.hardware import GIB, HardwareProfile
+from kvlab.models.shapes import ModelShape
+
+FIRST_TOKEN_ID = 4  # ids 0-3 are special (pad/bos/eos/unk) in OPT and LLaMA vocabularies
+_EMPTY: frozenset[int] = frozenset()
+_CHUNK = 4096
+
+
+class SimExecutor:
+    """Cost-model executor for one model on one hardware profile (x tensor_parallel GPUs).
+
+    ``kv_capacity_blocks`` and ``kv_bytes_per_block`` are *per GPU* (a block's KV is split
+    ``tensor_parallel`` ways and every GPU holds its shard of every block), as in vLLM's
+    ``cache_block_size``; ``cpu_capacity_blocks`` sizes the swap pool the same way.
+    """
+
+    eos_token_id: int | None = None
+    virtual_time = True  # the engine advances a virtual clock by each step's modelled duration
+
+    def __init__(self, shape: ModelShape, hw: HardwareProfile, *, gpu_memory_utilization: float = 0.9,
+                 swap_space_gib: float = 4.0, max_num_batched_tokens: int = PAPER_MAX_NUM_BATCHED_TOKENS,
+                 max_model_len: int | None = None, seed: int = 0,
+                 kernels_per_layer: int = KERNELS_PER_LAYER, workspace_bytes: int = WORKSPACE_BYTES) -> None:
+        if swap_space_gib < 0:
+            raise ValueError(f"kv.swap_space_gib must be >= 0, got {swap_space_gib}")
+        if max_model_len is not None and max_model_len <= 0:
+            raise ValueError(f"kv.max_model_len must be > 0, got {max_model_len}")
+        if kernels_per_layer <= 0:
+            raise ValueError(f"executor.kernels_per_layer must be > 0, got {kernels_per_layer}")
+        self.shape, self.hw = shape, hw
+        self.gpu_memory_utilization = gpu_memory_utilization
+        self.swap_space_gib = swap_space_gib
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len or shape.max_model_len
+        self.kernels_per_layer = kernels_per_layer
+        self.workspace_bytes = workspace_bytes
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self._ids: list[int] = []
+        self._us: list[float] = []
+        self._capacity_tokens = kv_capacity_tokens(shape, hw, gpu_memory_utilization,
+                                                   max_num_batched_tokens, workspace_bytes)
+        self._cost: CostModel | None = None
+        self.num_gpu_blocks = self.num_cpu_blocks = 0
+
+    # ---- memory -------------------------------------------------------------------------
+    def kv_capacity_blocks(self, block_size: int) -> int:
+        return self._capacity_tokens // block_size
+
+    def kv_bytes_per_block(self, block_size: int) -> int:
+        return block_size * self.shape.kv_bytes_per_token_per_gpu
+
+    def cpu_capacity_blocks(self, block_size: int) -> int:
+        return int(self.swap_space_gib * GIB) // self.kv_bytes_per_block(block_size)
+
+    def init_cache(self, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int) -> None:
+        """Record the pool sizes and fold the cost model's constants for ``block_size``."""
+        if num_gpu_blocks < 0 or num_cpu_blocks < 0:
+            raise ValueError("init_cache: block counts must be >= 0")
+        self.num_gpu_blocks, self.num_cpu_blocks = num_gpu_blocks, num_cpu_blocks
+        self._cost = CostModel(self.shape, self.hw, block_size, self.kernels_per_layer)
+
+    def cost_model(self, block_size: int) -> CostModel:
+        """The cost model for ``block_size`` (the one in use if it matches)."""
+        if self._cost is not None and self._cost.block_size == block_size:
+            return self._cost
+        return CostModel(self.shape, self.hw, block_size, self.kernels_per_layer)
+
+    # ---- microbenchmarks (paper Fig. 19a) ------------------------------------------------
+    def swap_time_s(self, num_blocks: int, block_size: int) -> float:
+        """Seconds to move ``num_blocks`` blocks one way between CPU and GPU."""
+        return self.cost_model(block_size).swap_time(num_blocks)
+
+    def prefill_time_s(self, num_tokens: int) -> float:
+        """Seconds to recompute a ``num_tokens`` prompt alone (block size does not matter)."""
+        return self.cost_model(16).prefill_time(num_tokens)
+
+    # ---- the step -----------------------------------------------------------------------
+    def execute(self, step: StepInput) -> StepOutput:
+        """Predict the step's duration and draw dummy samples. Advances the RNG (only)."""
+        cost = self._cost
+        if cost is None:
+            raise RuntimeError("SimExecutor.execute called before init_cache()")
+        bsz = cost.block_size
+        tokens = pairs = cached = gathered = logits = 0
+        samples: dict[int, list[Sample]] = {}
+        for s in step.seqs:
+            n = len(s.token_ids)
+            start = s.start_pos
+            tokens += n
+            pairs += n * start + n * (n + 1) // 2
+            if start:
+                cached += start
+                gathered += -(-(start + n) // bsz)
+            if s.num_samples > 0:
+                logits += 1
+                samples[s.seq_id] = self._sample(s)
+            else:
+                samples[s.seq_id] = []
+        swap_s = cost.swap_time(len(step.blocks_to_swap_out)) + cost.swap_time(len(step.blocks_to_swap_in))
+        duration = (cost.step_time(tokens, pairs, cached, gathered, logits) + swap_s
+                    + cost.copy_time(len(step.blocks_to_copy)))
+        return StepOutput(samples=samples, duration_s=duration, swap_time_s=swap_s)
+
+    def _draws(self, k: int) -> tuple[list[int], list[float]]:
+        """``k`` token ids and ``k`` uniforms from pre-drawn buffers (one RNG call per 4096
+        draws keeps a step at a few µs; the stream is still a pure function of the seed)."""
+        if len(self._ids) < k:
+            n = max(_CHUNK, k)
+            self._ids = self._rng.integers(FIRST_TOKEN_ID, self.shape.vocab_size, size=n).tolist()[::-1]
+            self._us = self._rng.random(n).tolist()[::-1]
+        ids, us = self._ids, self._us
+        return [ids.pop() for _ in range(k)], [us.pop() for _ in range(k)]
+
+    def _sample(self, s: ScheduledSeq) -> list[Sample]:
+        span = self.shape.vocab_size - FIRST_TOKEN_ID
+        k = s.num_samples
+        stop = set(s.sampling.stop_token_ids) if s.sampling.stop_token_ids else _EMPTY
+        if s.beam:  # k distinct candidates, logprobs descending
+            ids: list[int] = []
+            while len(ids) < k:
+                t = self._draws(1)[0][0]
+                if t not in ids and t not in stop:
+                    ids.append(t)
+            lps = sorted((math.log(u) if u > 0 else -30.0 for u in self._draws(k)[1]), reverse=True)
+            return [Sample(t, lp) for t, lp in zip(ids, lps)]
+        if k == 1 and not stop and not s.sampling.logprobs and self._ids:  # the common decode case
+            u = self._us.pop()
+            return [Sample(self._ids.pop(), math.log(u) if u > 0 else -30.0)]
+        out = []
+        for t, u in zip(*self._draws(k)):
+            while t in stop:
+                t = FIRST_TOKEN_ID + (t + 1 - FIRST_TOKEN_ID) % span
+            lp = math.log(u) if u > 0 else -30.0
+            top = None
+            if s.sampling.logprobs:
+                alts = self._draws(s.sampling.logprobs)[0]
+                top = {t: lp} | {a: lp - 1.0 - i for i, a in enumerate(alts) if a != t}
+            out.append(Sample(t, lp, top))
+        return out
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    """``cfg.a.b`` for dicts and OmegaConf configs; ``default`` where a level is absent/None."""
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        try:
+            node = node[part] if isinstance(node, Mapping) or hasattr(node, "__getitem__") else getattr(
+                node, part)
+        except (KeyError, AttributeError, TypeError):
+            return default
+    return default if node is None else node
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    if node is None:
+        raise ValueError("sim executor: config needs a 'model' and a 'hardware' group")
+    return {k: node[k] for k in node}
+
+
+@EXECUTORS.register("sim")
+def build_sim_executor(cfg: Any) -> SimExecutor:
+    """Factory from the whole Hydra config: ``cfg.model``, ``cfg.hardware``,
+    ``cfg.kv.{gpu_memory_utilization,swap_space_gib,max_model_len}``,
+    ``cfg.scheduler.max_num_batched_tokens`` (paper-era 2560 if absent), ``cfg.seed`` and the
+    options of ``conf/executor/sim.yaml`` (``cfg.executor``)."""
+    shape = ModelShape.from_config(_plain(_get(cfg, "model")))
+    hw = HardwareProfile.from_config(_plain(_get(cfg, "hardware")))
+    return SimExecutor(
+        shape, hw,
+        gpu_memory_utilization=float(_get(cfg, "kv.gpu_memory_utilization", 0.9)),
+        swap_space_gib=float(_get(cfg, "kv.swap_space_gib", 4.0)),
+        max_num_batched_tokens=int(_get(cfg, "scheduler.max_num_batched_tokens",
+                                        PAPER_MAX_NUM_BATCHED_TOKENS)),
+        max_model_len=_get(cfg, "kv.max_model_len"),
+        seed=int(_get(cfg, "seed", 0)),
+        kernels_per_layer=int(_get(cfg, "executor.kernels_per_layer", KERNELS_PER_LAYER)),
+        workspace_bytes=int(float(_get(cfg, "executor.workspace_gib", 1.0)) * GIB),
+    )

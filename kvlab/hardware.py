@@ -1,0 +1,126 @@
+"""Hardware profiles: per-GPU datasheet constants plus measured achievable fractions.
+
+A :class:`HardwareProfile` is loaded from ``conf/hardware/<name>.yaml``. The YAML uses the units
+datasheets print (TFLOP/s, GB/s with GB = 1e9 B, GiB for memory, µs/ns for latencies); this
+module converts everything to SI (FLOP/s, bytes/s, bytes, seconds). Every constant's source is
+written beside it in the YAML; none is fitted to the vLLM paper's figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+# yaml key -> (attribute, scale to SI, required)
+_KEYS: dict[str, tuple[str, float, bool]] = {
+    "peak_tflops": ("peak_flops", 1e12, True),
+    "memory_gib": ("memory_bytes", GIB, True),
+    "usable_memory_bytes": ("usable_memory_bytes", 1.0, False),
+    "context_mib": ("context_bytes", MIB, True),
+    "mem_bandwidth_gb_s": ("mem_bandwidth", 1e9, True),
+    "interconnect_gb_s": ("interconnect_bandwidth", 1e9, True),
+    "interconnect_latency_us": ("interconnect_latency_s", 1e-6, True),
+    "pcie_gb_s": ("pcie_bandwidth", 1e9, True),
+    "flop_efficiency": ("flop_efficiency", 1.0, True),
+    "bw_efficiency": ("bw_efficiency", 1.0, True),
+    "pcie_efficiency": ("pcie_efficiency", 1.0, True),
+    "interconnect_efficiency": ("interconnect_efficiency", 1.0, True),
+    "kernel_launch_us": ("kernel_launch_s", 1e-6, True),
+    "copy_overhead_us": ("copy_overhead_s", 1e-6, True),
+    "step_overhead_us": ("step_overhead_s", 1e-6, True),
+    "dram_latency_ns": ("dram_latency_s", 1e-9, True),
+    "max_resident_warps": ("max_resident_warps", 1.0, True),
+    "price_per_gpu_hour": ("price_per_gpu_hour", 1.0, True),
+}
+_FRACTIONS = ("flop_efficiency", "bw_efficiency", "pcie_efficiency", "interconnect_efficiency")
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """One accelerator (one GPU of a node; tensor parallelism multiplies them). SI units.
+
+    ``memory_bytes`` is the datasheet size; ``usable_memory_bytes`` is what the CUDA runtime
+    reports as the device total (the engine's ``gpu_memory_utilization`` applies to it);
+    ``context_bytes`` is taken by the CUDA context outside any allocator. Efficiencies are
+    achievable fractions of the peaks in (0, 1].
+    """
+
+    name: str
+    peak_flops: float
+    memory_bytes: float
+    usable_memory_bytes: float
+    context_bytes: float
+    mem_bandwidth: float
+    interconnect_bandwidth: float
+    interconnect_latency_s: float
+    pcie_bandwidth: float
+    flop_efficiency: float
+    bw_efficiency: float
+    pcie_efficiency: float
+    interconnect_efficiency: float
+    kernel_launch_s: float
+    copy_overhead_s: float
+    step_overhead_s: float
+    dram_latency_s: float
+    max_resident_warps: float
+    price_per_gpu_hour: float
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
+        """Build from a ``conf/hardware/*.yaml`` mapping; raise ``ValueError`` naming a bad key."""
+        allowed = set(_KEYS) | {"name"}
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ValueError(f"hardware config: unknown key(s) {unknown}; known: {sorted(allowed)}")
+        name = cfg.get("name")
+        if not isinstance(name, str) or not name:
+            raise ValueError("hardware config: 'name' must be a non-empty string")
+        kwargs: dict[str, Any] = {"name": name}
+        for key, (attr, scale, required) in _KEYS.items():
+            if key not in cfg or cfg[key] is None:
+                if required:
+                    raise ValueError(f"hardware config {name!r}: missing key {key!r}")
+                continue
+            value = cfg[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"hardware config {name!r}: {key} must be a number, got {value!r}")
+            if value < 0:
+                raise ValueError(f"hardware config {name!r}: {key} must be >= 0, got {value!r}")
+            kwargs[attr] = float(value) * scale
+        kwargs.setdefault("usable_memory_bytes", kwargs["memory_bytes"])
+        profile = cls(**kwargs)
+        profile.validate()
+        return profile
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first out-of-range constant."""
+        for attr in ("peak_flops", "memory_bytes", "usable_memory_bytes", "mem_bandwidth",
+                     "pcie_bandwidth", "max_resident_warps"):
+            if getattr(self, attr) <= 0:
+                raise ValueError(f"hardware config {self.name!r}: {attr} must be > 0")
+        for attr in _FRACTIONS:
+            if not 0 < getattr(self, attr) <= 1:
+                raise ValueError(f"hardware config {self.name!r}: {attr} must be in (0, 1]")
+        if self.usable_memory_bytes > self.memory_bytes:
+            raise ValueError(f"hardware config {self.name!r}: usable_memory_bytes exceeds memory_gib")
+
+    # Achievable rates, the only ones the cost model uses.
+    @property
+    def flops(self) -> float:
+        return self.peak_flops * self.flop_efficiency
+
+    @property
+    def bandwidth(self) -> float:
+        return self.mem_bandwidth * self.bw_efficiency
+
+    @property
+    def pcie(self) -> float:
+        return self.pcie_bandwidth * self.pcie_efficiency
+
+    @property
+    def interconnect(self) -> float:
+        return self.interconnect_bandwidth * self.interconnect_efficiency
