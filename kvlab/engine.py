@@ -65,6 +65,7 @@ class LLMEngine:
         self.step_records: list[StepRecord] = []
         self.request_records: list[RequestRecord] = []
         self.num_steps = 0
+        self.collect_outputs = True  # step() returns RequestOutputs; trace replays turn this off
 
     # -- clock --
     def now(self) -> float:
@@ -141,8 +142,9 @@ class LLMEngine:
                     req.first_token_time = now
             if not req.live_seqs():
                 self._finish(req)
-                outputs.append(self.make_output(req))
-            elif req.first_token_time is not None:
+                if self.collect_outputs:
+                    outputs.append(self.make_output(req))
+            elif req.first_token_time is not None and self.collect_outputs:
                 outputs.append(self.make_output(req))
         self._record_step(out, result.duration_s, result.swap_time_s, now)
         return outputs

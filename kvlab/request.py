@@ -25,9 +25,7 @@ class SequenceStatus(enum.Enum):
     FINISHED_ABORTED = "finished_aborted"  # client went away / request rejected mid-flight
     FINISHED_PRUNED = "finished_pruned"  # a beam that lost the beam search
 
-    @property
-    def finished(self) -> bool:
-        return self.value.startswith("finished")
+    finished: bool  # set on each member below: a plain attribute read, hot in the engine loop
 
     @property
     def finish_reason(self) -> str | None:
@@ -37,6 +35,10 @@ class SequenceStatus(enum.Enum):
             SequenceStatus.FINISHED_ABORTED: "abort",
             SequenceStatus.FINISHED_PRUNED: "pruned",
         }.get(self)
+
+
+for _s in SequenceStatus:
+    _s.finished = _s.value.startswith("finished")
 
 
 @dataclass
@@ -206,11 +208,11 @@ class Request:
         return len(self.prompt_token_ids)
 
     def live_seqs(self) -> list[Sequence]:
-        return [s for s in self.seqs if not s.is_finished]
+        return [s for s in self.seqs if not s.status.finished]
 
     @property
     def is_finished(self) -> bool:
-        return all(s.is_finished for s in self.seqs)
+        return all(s.status.finished for s in self.seqs)
 
     def __repr__(self) -> str:
         return f"Request({self.request_id!r}, prompt={self.num_prompt_tokens}, seqs={len(self.seqs)})"
