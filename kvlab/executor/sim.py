@@ -42,7 +42,7 @@ class SimExecutor:
     ``cache_block_size``; ``cpu_capacity_blocks`` sizes the swap pool the same way.
     """
 
-    eos_token_id: int | None = None
+    eos_token_id: int | None = None  # the sim never emits an end token: lengths come from max_tokens
     virtual_time = True  # the engine advances a virtual clock by each step's modelled duration
 
     def __init__(self, shape: ModelShape, hw: HardwareProfile, *, gpu_memory_utilization: float = 0.9,
