@@ -1,0 +1,71 @@
+"""Micro-benchmark of the torch executor: load time and batched-decode tokens/s.
+
+``python -m kvlab.models.bench --dtype bfloat16 --batch 1 32 --context 256 --steps 16``
+prefills ``batch`` synthetic sequences of ``context`` tokens (block size 16, shuffled block ids),
+then times ``steps`` decode steps of the whole batch and prints one JSON line per batch size.
+Numbers are only meaningful on a quiet machine: on 2 shared cores another process halves them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+from kvlab.executor.base import ScheduledSeq, StepInput
+from kvlab.executor.torch_runner import TorchExecutor
+from kvlab.models.config import resolve_model
+from kvlab.request import SamplingParams
+
+BLOCK = 16
+
+
+def decode_tok_s(ex: TorchExecutor, batch: int, context: int, steps: int) -> dict[str, float]:
+    """Prefill ``batch`` sequences, then time ``steps`` greedy decode steps of all of them."""
+    per_seq = (context + steps) // BLOCK + 1
+    ids = list(range(per_seq * batch))
+    random.Random(0).shuffle(ids)
+    ex.init_cache(per_seq * batch, 0, BLOCK)
+    tables = [ids[i * per_seq:(i + 1) * per_seq] for i in range(batch)]
+    sp = SamplingParams(temperature=0, max_tokens=steps + 1)
+    prompt = [random.Random(i).randrange(1000, 20000) for i in range(context)]
+    t = time.perf_counter()
+    last: dict[int, int] = {}
+    for i in range(0, batch, 4):  # prefill 4 sequences per step
+        step = StepInput([ScheduledSeq(j, str(j), prompt, 0, tables[j], 1, sp, is_prefill=True)
+                          for j in range(i, min(i + 4, batch))])
+        last.update({k: v[0].token_id for k, v in ex.execute(step).samples.items()})
+    prefill_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for s in range(steps):
+        step = StepInput([ScheduledSeq(j, str(j), [last[j]], context + s, tables[j], 1, sp,
+                                       sample_index=s + 1) for j in range(batch)])
+        last = {k: v[0].token_id for k, v in ex.execute(step).samples.items()}
+    dt = time.perf_counter() - t
+    return {"batch": batch, "context": context, "prefill_tok_s": batch * context / prefill_s,
+            "decode_tok_s": batch * steps / dt, "step_ms": 1e3 * dt / steps}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--context", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=16)
+    args = ap.parse_args()
+    t = time.perf_counter()
+    ex = TorchExecutor(resolve_model(args.model), device=args.device, dtype=args.dtype,
+                       num_threads=args.threads)
+    load_s = time.perf_counter() - t
+    for b in args.batch:
+        row = decode_tok_s(ex, b, args.context, args.steps)
+        print(json.dumps({"model": args.model, "device": str(ex.device), "dtype": str(ex.dtype),
+                          "load_s": round(load_s, 2), **{k: round(v, 2) for k, v in row.items()}}))
+
+
+if __name__ == "__main__":
+    main()
