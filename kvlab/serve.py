@@ -42,7 +42,8 @@ def banner(cfg: dict[str, Any], aengine: Any) -> str:
     return "\n".join(
         [
             f"kvlab serve: http://{srv['host']}:{srv['port']}/v1  (health /health, metrics /metrics)",
-            f"  model      {srv.get('served_model_name') or cfg['model']['name']} (executor={cfg['executor']['name']}, "
+            f"  model      {srv.get('served_model_name') or cfg['model']['name']} "
+            f"(executor={cfg['executor']['name']}, "
             f"dtype={dtype}, max_model_len={e.max_model_len})",
             f"  allocator  {a['name']} (block_size={e.block_size}) | scheduler {s['name']} "
             f"(max_num_seqs={s.get('max_num_seqs')})",

@@ -111,8 +111,8 @@ class Serving:
                 raise OpenAIError(
                     400,
                     f"This model's maximum context length is {limit} tokens. However, you requested "
-                    f"{len(ids) + params.max_tokens} tokens ({len(ids)} in the prompt, {params.max_tokens} in "
-                    "the completion). Please reduce the length of the prompt or max_tokens.",
+                    f"{len(ids) + params.max_tokens} tokens ({len(ids)} in the prompt, "
+                    f"{params.max_tokens} in the completion). Please reduce the prompt or max_tokens.",
                     param="max_tokens",
                     code="context_length_exceeded",
                 )

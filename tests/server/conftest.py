@@ -1,6 +1,7 @@
 """Fixtures for the server tests: a real ``python -m kvlab.serve`` subprocess on a free port.
 
-One server per test module (module-scoped fixtures); bfloat16 and a small KV budget keep the
+One server per test module (module-scoped fixtures); one torch thread (robust on a shared 2-core
+machine, where two threads spin against other jobs) and a small KV budget keep the
 start and the steps quick on a 2-core CPU. The helpers poll ``/health`` for the pool state.
 """
 
@@ -40,7 +41,7 @@ class ServerProcess:
             "-m",
             "kvlab.serve",
             f"server.port={self.port}",
-            "dtype=bfloat16",
+            "executor.num_threads=1",
             "kv.cpu_kv_gib=0.25",
             "kv.swap_space_gib=0",
             *overrides,
