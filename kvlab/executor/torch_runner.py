@@ -68,7 +68,6 @@ class TorchExecutor:
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or os.cpu_count() or 1)
-        torch.manual_seed(seed)
         loaded = load_model(model_cfg, self.device, self.dtype, seed)
         self.arch = loaded.arch
         self.model = LlamaModel(loaded.arch, loaded.weights, get_backend(attention_backend))
