@@ -118,7 +118,12 @@ def compute_metrics(
                                   if window_steps else NAN)
     m["kv_capacity_tokens"] = float(kv_capacity_tokens)
 
-    mem_steps = [s for s in window_steps if s.total_slots > 0]
+    # Memory shares are averaged over the loaded phase: steps up to the last arrival. The drain
+    # after it (the pool emptying while the last requests finish) would otherwise show up as
+    # "external & others"; with every request at t=0 there is no such phase and all steps count.
+    last_arrival = max((r.arrival_time for r in counted), default=start)
+    loaded = [s for s in window_steps if s.time <= last_arrival and s.total_slots > 0]
+    mem_steps = loaded or [s for s in window_steps if s.total_slots > 0]
     for cat in MEMORY_CATEGORIES:
         m[f"mem_{cat}_ratio"] = time_average((getattr(s, cat) / s.total_slots for s in mem_steps),
                                              (s.duration_s for s in mem_steps))

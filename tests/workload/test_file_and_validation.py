@@ -118,7 +118,22 @@ def test_every_shipped_yaml_builds():
         assert cfg["name"] == f.stem
         if cfg["name"] == "file":
             continue  # needs a user-provided path
-        assert len(build_workload({**cfg, "num_requests": 20}, **OPT)) == 20
+        tok = _WordTokenizer() if cfg["name"] == "prompts" else None  # real text needs a tokenizer
+        assert len(build_workload({**cfg, "num_requests": 20}, **OPT, tokenizer=tok)) == 20
+
+
+class _WordTokenizer:
+    """A stand-in tokenizer: one id per word (enough for length bookkeeping)."""
+
+    chat_template = None
+
+    def encode(self, text: str) -> list[int]:
+        return [100 + len(w) for w in text.split()]
+
+
+def test_prompts_workload_needs_a_tokenizer():
+    with pytest.raises(ValueError, match="tokenizer"):
+        build_workload({"name": "prompts", "num_requests": 2}, **OPT)
 
 
 @pytest.mark.parametrize("key, bad", [("warmup_s", -1), ("temperature", -0.5), ("ignore_eos", "yes"),
