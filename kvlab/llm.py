@@ -54,9 +54,16 @@ def compose_config(model: str = "smollm2-135m", allocator: str = "paged", schedu
           f"model={'smollm2-135m' if is_path else model}"]
     ov += [f"{KWARG_KEYS[k]}={'null' if v is None else v}" for k, v in kwargs.items()]
     ov += list(overrides)
+    from hydra.errors import HydraException
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = as_plain(compose(config_name="config", overrides=ov))
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = as_plain(compose(config_name="config", overrides=ov))
+    except HydraException as e:  # unknown group choice or key: Hydra's message lists the options
+        raise ValueError(str(e).split("\nConfig search path")[0]) from None
+    finally:
+        GlobalHydra.instance().clear()
     if is_path:
         from kvlab.models.config import resolve_model
 

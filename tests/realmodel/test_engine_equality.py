@@ -52,7 +52,8 @@ def make_engine(executor, allocator: str, block_size: int, num_blocks: int | Non
                       "preemption": preemption, "watermark": 0.0},
         "executor": {"name": "torch"},
         "model": {"max_model_len": 512, "vocab_size": 49152},
-        "kv": {"max_model_len": 512, "swap_space_gib": swap_blocks * executor.kv_bytes_per_block(block_size) / 2**30},
+        "kv": {"max_model_len": 512,
+               "swap_space_gib": swap_blocks * executor.kv_bytes_per_block(block_size) / 2**30},
     }
     return LLMEngine(cfg, executor=executor)
 

@@ -45,7 +45,8 @@ def test_run_writes_results_and_ends_with_results_line(memory_runs, name):
     for f in ("metrics.json", "requests.csv", "steps.csv", "config.yaml"):
         assert (run["dir"] / f).is_file()
     m = json.loads((run["dir"] / "metrics.json").read_text())
-    cats = ["mem_token_states_ratio", "mem_reservation_ratio", "mem_internal_frag_ratio", "mem_external_frag_ratio"]
+    cats = ["mem_token_states_ratio", "mem_reservation_ratio", "mem_internal_frag_ratio",
+            "mem_external_frag_ratio"]
     assert abs(sum(m[c] for c in cats) - 1.0) < 1e-6
     assert m["num_finished"] == m["num_requests"]
 
