@@ -73,11 +73,16 @@ class FCFSScheduler(SchedulerBase):
                           may_preempt: bool = True) -> int | None:
         """Schedule one running request's sequences. Returns tokens used (0: not this step), or
         None if it was preempted to make room for itself."""
-        seqs = req.live_seqs()
-        todo = [(s, s.num_tokens - s.num_computed_tokens) for s in seqs]
-        if len(todo) == 1 and todo[0][1] > 1 and self.chunked_prefill:
-            todo = [(todo[0][0], min(todo[0][1], budget))]
-        need = sum(n for _, n in todo)
+        if len(req.seqs) == 1:  # the common case, kept cheap: it runs for every request every step
+            seq = req.seqs[0]
+            n = seq.num_tokens - seq.num_computed_tokens
+            if n > budget and n > 1 and self.chunked_prefill:
+                n = budget
+            todo = [(seq, n)]
+            need = n
+        else:
+            todo = [(s, s.num_tokens - s.num_computed_tokens) for s in req.live_seqs()]
+            need = sum(n for _, n in todo)
         if need == 0 or need > budget:
             return 0
         chunks = []
