@@ -7,7 +7,7 @@ import math
 import torch
 
 from kvlab.executor.base import ScheduledSeq
-from kvlab.executor.sampler import Sampler, apply_top_k_top_p
+from kvlab.executor.sampler import Sampler, apply_top_k_top_p, filtered_candidates
 from kvlab.request import SamplingParams
 
 VOCAB = 50
@@ -112,3 +112,14 @@ def test_min_tokens_masks_eos_and_stop_tokens():
     sampler = Sampler(eos_token_id=2)
     assert sampler.sample(x, [seq(sp, sample_index=1)])[0][0].token_id == 9
     assert sampler.sample(x, [seq(sp, sample_index=3)])[0][0].token_id == 2
+
+
+def test_candidate_filter_matches_the_full_vocabulary_reference():
+    x = torch.randn(6, 3000, generator=torch.Generator().manual_seed(1)) * 3
+    x[5] = torch.randn(3000, generator=torch.Generator().manual_seed(2)) * 0.01  # flat: nucleus > 1024
+    top_k = torch.tensor([0, 5, 0, 40, 0, 0])
+    top_p = torch.tensor([0.9, 1.0, 0.5, 0.8, 1.0, 0.95])
+    ref = apply_top_k_top_p(x, top_k, top_p)
+    for row, (vals, ids) in enumerate(filtered_candidates(x, top_k, top_p)):
+        kept = set(ids[torch.isfinite(vals)].tolist())
+        assert kept == set(torch.isfinite(ref[row]).nonzero().flatten().tolist())
