@@ -117,11 +117,11 @@ class FifoBlockPool(BlockPool):
         return b
 
     def take(self, b: int) -> None:
-        raise NotImplementedError("FifoBlockPool cannot take a block out of the middle of its queue")
+        raise RuntimeError("FifoBlockPool cannot take a block out of the middle of its queue")
 
     def incref(self, b: int) -> None:
         if self.ref[b] == 0:
-            raise NotImplementedError("FifoBlockPool cannot revive a free block")
+            raise RuntimeError("FifoBlockPool cannot revive a free block")
         self.ref[b] += 1
 
     def decref(self, b: int) -> bool:
