@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         root = REPO / "results" / "paper" / "quick"
         fig_dir, readme = root / "figures", root / "README.md"
     else:
-        root, fig_dir, readme = REPO / "results" / "paper" / "full", REPO / "paper" / "figures", REPO / "paper" / "README.md"
+        root = REPO / "results" / "paper" / "full"
+        fig_dir, readme = REPO / "paper" / "figures", REPO / "paper" / "README.md"
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     timing = root / "timing.json"

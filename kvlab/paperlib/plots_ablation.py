@@ -58,8 +58,12 @@ def plot_fig19a(t: pd.DataFrame, out: Path, plt: Any) -> Path:
         ax.plot(g["block_size"], g["kvlab_ms"], marker="o", color=f"C{i}", label=f"kvlab {op.replace('_', ' ')}")
         ax.plot(g["block_size"], g["paper_ms"], marker="x", ls="--", color=f"C{i}", alpha=0.7,
                 label=f"paper [D] {op.replace('_', ' ')}")
-    ax.set(xscale="log", yscale="log", xlabel="Block size (tokens)", ylabel="Time (ms)",
-           title=f"Fig. 19a: swap vs recompute, OPT-13B, {int(t['tokens'].iloc[0])} tokens (kvlab cost model)")
+    ax.set(xscale="log", yscale="log", xlabel="Block size (tokens)", ylabel="Time (ms, log scale)",
+           title=f"Fig. 19a: swap vs recompute, OPT-13B, {int(t['tokens'].iloc[0])} tokens\n"
+                 "(kvlab cost model: swap in = swap out, lines overlap)")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.set_xticks([1, 2, 4, 8, 16, 32, 64, 128, 256], ["1", "2", "4", "8", "16", "32", "64", "128", "256"])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

@@ -12,7 +12,8 @@ import pandas as pd
 from kvlab.paperlib.specs import system_info
 
 CAT_STYLE = {"token_states": ("#2ca02c", "Token states"), "reservation": ("#ff7f0e", "Reservation"),
-             "internal_frag": ("#d62728", "Internal frag."), "external_frag": ("#9e9e9e", "External frag. & others")}
+             "internal_frag": ("#d62728", "Internal frag."),
+             "external_frag": ("#9e9e9e", "External frag. & others")}
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
@@ -26,7 +27,8 @@ def plot_table1(t: pd.DataFrame, out: Path, plt: Any) -> Path:
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     x = np.arange(len(t))
     a = ax.bar(x - 0.2, t["kv_slots"] / 1e3, 0.4, label="kvlab (simulator arithmetic)", color="#1f77b4")
-    b = ax.bar(x + 0.2, t["paper_kv_slots"] / 1e3, 0.4, label="paper Table 1 [P]", color="#bbbbbb", hatch="//")
+    b = ax.bar(x + 0.2, t["paper_kv_slots"] / 1e3, 0.4, label="paper Table 1 [P]", color="#bbbbbb",
+               hatch="//")
     ax.bar_label(a, fmt="%.1fK", fontsize=8)
     ax.bar_label(b, fmt="%.1fK", fontsize=8)
     ax.set_xticks(x, [f"{s}\n{g}" for s, g in zip(t["setup"], t["gpus"])])
@@ -53,7 +55,7 @@ def plot_fig2(t: pd.DataFrame, out: Path, plt: Any) -> Path:
                     ax.text(x, bottom + v / 2, f"{v:.1f}", ha="center", va="center", fontsize=7)
                 bottom += v
             xs.append(x)
-            labels.append(f"{system_info(s)['label']}\n{who}")
+            labels.append(f"{system_info(s)['label'].replace(' (', chr(10) + '(')}\n{who}")
     ax.set_xticks(xs, labels, fontsize=7)
     ax.set(ylabel="KV cache usage (%)", ylim=(0, 105),
            title="Fig. 2: KV memory by category, OPT-13B ShareGPT (hatched: paper [F])")
@@ -68,8 +70,8 @@ def plot_fig13(t: pd.DataFrame, out: Path, plt: Any) -> Path:
         d = t[t["trace"] == trace]
         systems = list(dict.fromkeys(d["system"]))
         x = np.arange(len(systems))
-        series = [(f"kvlab @ {r:g} req/s ({at.replace('_', ' ')})", d[d["at"] == at].set_index("system"), "kvlab")
-                  for at, r in d.groupby("at")["rate"].first().items()]
+        series = [(f"kvlab @ {r:.3g} req/s ({at.replace('_', ' ')})", d[d["at"] == at].set_index("system"),
+                   "kvlab") for at, r in d.groupby("at")["rate"].first().items()]
         series.append(("paper [F]", d[d["at"] == "paper_rate"].set_index("system"), "paper"))
         w = 0.8 / len(series)
         for k, (name, dd, col) in enumerate(series):
@@ -89,8 +91,9 @@ def plot_fig15(t: pd.DataFrame, out: Path, plt: Any) -> Path:
         d = t[t["kind"] == kind]
         ks = sorted(d["k"].unique())
         x = np.arange(len(ks))
-        for k, (trace, col, hatch) in enumerate([("alpaca", "kvlab_pct", None), ("alpaca", "paper_pct", "//"),
-                                                 ("sharegpt", "kvlab_pct", None), ("sharegpt", "paper_pct", "//")]):
+        combos = [("alpaca", "kvlab_pct", None), ("alpaca", "paper_pct", "//"),
+                  ("sharegpt", "kvlab_pct", None), ("sharegpt", "paper_pct", "//")]
+        for k, (trace, col, hatch) in enumerate(combos):
             dd = d[d["trace"] == trace].set_index("k")
             vals = [float(dd.loc[v, col]) if v in dd.index else np.nan for v in ks]
             name = f"{'kvlab' if col == 'kvlab_pct' else 'paper'} {trace}"
@@ -99,6 +102,7 @@ def plot_fig15(t: pd.DataFrame, out: Path, plt: Any) -> Path:
             ax.bar_label(bars, labels=[f"{v:.1f}" if v == v else "" for v in vals], fontsize=7)
         ax.set_xticks(x, [str(k) for k in ks])
         ax.set(xlabel="# output sequences" if kind == "parallel" else "Beam width",
-               ylabel="Memory saving (%)", title=f"Fig. 15: {kind} {'sampling' if kind == 'parallel' else 'search'}")
+               ylabel="Memory saving (%)",
+               title=f"Fig. 15: {kind} {'sampling' if kind == 'parallel' else 'search'} (hatched: paper)")
         ax.legend(fontsize=7)
     return _save(fig, out / "fig15.png", plt)

@@ -33,7 +33,8 @@ def plot_sweeps(points: pd.DataFrame, figure: str, out: Path, plt: Any) -> Path:
             g = d[d["system"] == system].sort_values("rate")
             if len(g):
                 y = g[NL].clip(upper=YMAX * 1.05)
-                ax.plot(g["rate"], y, marker=info["marker"], color=info["color"], label=f"kvlab {info['label']}")
+                ax.plot(g["rate"], y, marker=info["marker"], color=info["color"],
+                        label=f"kvlab {info['label']}")
                 xmax = max(xmax, float(g["rate"].max()))
             pc = numbers.value(figure, "capacity", panel, system)
             if not math.isnan(pc):

@@ -81,6 +81,11 @@ def fig2(points: pd.DataFrame, cap: pd.DataFrame) -> pd.DataFrame:
 
 def capacity_table(cap: pd.DataFrame, figure: str) -> pd.DataFrame:
     d = cap[cap["figure"] == figure].copy()
+    spec = load_spec(figure)
+    porder = {p: i for i, p in enumerate(spec["panels"])}
+    sorder = {s: i for i, s in enumerate(spec["systems"])}
+    d = d.assign(_p=d["panel"].map(porder), _s=d["system"].map(sorder)).sort_values(["_p", "_s"])
+    d = d.drop(columns=["_p", "_s"])
     d["paper_capacity"] = [numbers.value(figure, "capacity", p, s) for p, s in zip(d["panel"], d["system"])]
     return d
 
@@ -96,7 +101,8 @@ def ratios(capt: pd.DataFrame, figure: str, base: str = "vllm") -> pd.DataFrame:
             rows.append({"figure": figure, "panel": panel, "ratio": f"{base}/{r.system}",
                          "kvlab": float(top["capacity"].iloc[0]) / r.capacity if r.capacity else math.nan,
                          "kvlab_bounds": f"{top['bound'].iloc[0]}/{r.bound}".strip("/"),
-                         "kvlab_saturated": float(top["saturated_throughput"].iloc[0]) / r.saturated_throughput,
+                         "kvlab_saturated": (float(top["saturated_throughput"].iloc[0])
+                                             / r.saturated_throughput),
                          "paper_digitized": float(top["paper_capacity"].iloc[0]) / r.paper_capacity})
     return pd.DataFrame(rows)
 
@@ -106,7 +112,12 @@ def fig13(points: pd.DataFrame) -> pd.DataFrame:
     rows = [{"trace": r.panel, "at": r.tag_at, "rate": r.rate, "system": r.system,
              "kvlab": r.ss_mean_batched_requests, "kvlab_whole_run": r.mean_batched_requests,
              "paper": numbers.value("fig13", "batched_requests", r.panel, r.system)} for r in d.itertuples()]
-    return pd.DataFrame(rows)
+    order = {s: i for i, s in enumerate(load_spec("fig13")["systems"])}
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["_o"] = df["system"].map(order)
+    return df.sort_values(["trace", "at", "_o"], ascending=[False, True, True]).drop(columns="_o")
 
 
 def fig15(points: pd.DataFrame, cap: pd.DataFrame) -> pd.DataFrame:
@@ -145,14 +156,14 @@ def write_all(root: Path) -> dict[str, pd.DataFrame]:
     cap = pd.read_csv(root / "capacity.csv").fillna({"bound": ""})
     cap["panel"] = cap["panel"].astype(str)
     points["panel"] = points["panel"].astype(str)
-    t: dict[str, pd.DataFrame] = {"table1": table1(), "fig19a": fig19a(), "fig2": fig2(points, cap),
-                                  "fig13": fig13(points), "fig15": fig15(points, cap),
-                                  "fig18b": block_table(points, "fig18"), "fig19b": block_table(points, "fig19")}
-    for fig in ("fig12", "fig14", "fig16", "fig17", "fig12_stability"):
-        t[f"{fig}_capacity"] = capacity_table(cap, fig if fig != "fig12_stability" else "fig12") \
-            if fig != "fig12_stability" else cap[cap["figure"] == fig]
-        if fig != "fig12_stability":
-            t[f"{fig}_ratios"] = ratios(t[f"{fig}_capacity"], fig, "vllm_prefix" if fig == "fig16" else "vllm")
+    t: dict[str, pd.DataFrame] = {
+        "table1": table1(), "fig19a": fig19a(), "fig2": fig2(points, cap), "fig13": fig13(points),
+        "fig15": fig15(points, cap), "fig18b": block_table(points, "fig18"),
+        "fig19b": block_table(points, "fig19"),
+        "fig12_stability_capacity": cap[cap["figure"] == "fig12_stability"]}
+    for fig in ("fig12", "fig14", "fig16", "fig17"):
+        t[f"{fig}_capacity"] = capacity_table(cap, fig)
+        t[f"{fig}_ratios"] = ratios(t[f"{fig}_capacity"], fig, "vllm_prefix" if fig == "fig16" else "vllm")
     out = root / "tables"
     out.mkdir(parents=True, exist_ok=True)
     for name, df in t.items():
