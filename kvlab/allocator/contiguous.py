@@ -16,13 +16,14 @@ from kvlab.allocator.block_pool import BlockPool, FifoBlockPool
 from kvlab.allocator.contiguous_report import contiguous_memory_report
 from kvlab.allocator.options import cdiv, check_options, validate_geometry
 from kvlab.allocator.placement import BuddyPlacement, FirstFitPlacement
+from kvlab.allocator.table_queries import TableQueries
 from kvlab.request import Sequence
 
 Run = tuple[int, int, int]  # (first block, granted blocks, usable token slots A)
 
 
 @ALLOCATORS.register("contiguous")
-class ContiguousAllocator:
+class ContiguousAllocator(TableQueries):
     """Orca-style KV allocation: each sequence reserves ``A`` token slots of consecutive blocks.
 
     ``A = min(P + R, max_model_len)`` (at least the first allocation's tokens); ``R`` by option
@@ -73,24 +74,8 @@ class ContiguousAllocator:
         self._copies: list[tuple[int, int]] = []
 
     # ---------------------------------------------------------------- queries
-    def get_computed_blocks(self, seq: Sequence) -> tuple[list[int], int]:
-        return [], 0
-
-    def block_table(self, seq: Sequence) -> list[int]:
-        return self._tables.get(seq.seq_id, [])
-
-    def num_free_blocks(self) -> int:
-        return len(self.pool.free)
-
-    def num_free_cpu_blocks(self) -> int:
-        return len(self.cpu_pool.free)
-
     def stats(self) -> dict[str, int]:
         return {"prefix_query_tokens": 0, "prefix_hit_tokens": 0}
-
-    def take_copies(self) -> list[tuple[int, int]]:
-        copies, self._copies = self._copies, []
-        return copies
 
     def reserved_slots(self, seq: Sequence, at_least: int = 0) -> int:
         """``A`` for ``seq``: ``min(P + R, max_model_len)``, raised to ``at_least`` tokens."""

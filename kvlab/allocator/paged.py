@@ -16,11 +16,12 @@ from kvlab.allocator.base import MemoryReport
 from kvlab.allocator.block_pool import BlockPool, FifoBlockPool
 from kvlab.allocator.options import cdiv, check_options, validate_geometry
 from kvlab.allocator.paged_report import paged_memory_report
+from kvlab.allocator.table_queries import TableQueries
 from kvlab.request import Sequence
 
 
 @ALLOCATORS.register("paged")
-class PagedAllocator:
+class PagedAllocator(TableQueries):
     """vLLM-style paged KV allocation: a sequence's blocks may be anywhere in the pool.
 
     ``allocate_slots`` grows a table one block at a time; ``fork`` shares every block of the
@@ -61,25 +62,8 @@ class PagedAllocator:
         self._hit_tokens = 0
 
     # ---------------------------------------------------------------- queries (no mutation)
-    def get_computed_blocks(self, seq: Sequence) -> tuple[list[int], int]:
-        """No prefix cache: always ``([], 0)``."""
-        return [], 0
-
-    def block_table(self, seq: Sequence) -> list[int]:
-        return self._tables.get(seq.seq_id, [])
-
-    def num_free_blocks(self) -> int:
-        return len(self.pool.free)
-
-    def num_free_cpu_blocks(self) -> int:
-        return len(self.cpu_pool.free)
-
     def stats(self) -> dict[str, int]:
         return {"prefix_query_tokens": self._query_tokens, "prefix_hit_tokens": self._hit_tokens}
-
-    def take_copies(self) -> list[tuple[int, int]]:
-        copies, self._copies = self._copies, []
-        return copies
 
     # ---------------------------------------------------------------- allocation
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
