@@ -67,7 +67,8 @@ def ensure_gguf_cache(name: str, checkpoint: str) -> Path:
     """The cached Hugging Face directory for a GGUF checkpoint, converting it on first use."""
     src = gguf_path(checkpoint)
     out = cache_root() / name
-    stamp = {"gguf": str(src), "size": src.stat().st_size}
+    # Keyed by the file's name and size, not its path: every checkout (its own .venv) reuses it.
+    stamp = {"gguf": src.name, "size": src.stat().st_size}
     meta = out / "kvlab_source.json"
     if meta.is_file() and json.loads(meta.read_text()) == stamp:
         return out
