@@ -24,6 +24,7 @@ from kvlab.executor.base import ScheduledSeq, StepInput, StepOutput
 from kvlab.executor.sampler import Sampler
 from kvlab.kernels import build_metadata, copy_blocks, get_backend, swap_blocks
 from kvlab.models.config import resolve_model
+from kvlab.models.linear import make_linear
 from kvlab.models.llama import LlamaModel
 from kvlab.models.loader import load_model
 
@@ -56,21 +57,23 @@ class TorchExecutor:
     Attributes the engine uses: ``max_model_len``, ``eos_token_id`` (the tokenizer's EOS, or the
     checkpoint's first EOS id; None for random weights), ``stop_token_ids`` (every EOS id the
     checkpoint declares), ``tokenizer`` (a Hugging Face tokenizer with chat template, or None
-    for random weights), ``device``, ``dtype``, ``model``.
+    for random weights), ``device``, ``dtype``, ``model``, ``gemm`` (the matmul path taken:
+    ``native`` or ``upcast``, see :mod:`kvlab.models.linear`).
     """
 
     def __init__(self, model_cfg: Mapping[str, Any], device: str = "auto", dtype: str = "auto",
                  kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.9,
                  seed: int = 0, cpu_kv_gib: float = DEFAULT_CPU_KV_GIB,
                  attention_backend: str = "torch", num_threads: int | None = None,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, gemm: str = "auto") -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or os.cpu_count() or 1)
         loaded = load_model(model_cfg, self.device, self.dtype, seed)
         self.arch = loaded.arch
-        self.model = LlamaModel(loaded.arch, loaded.weights, get_backend(attention_backend))
+        linear, self.gemm = make_linear(self.device, self.dtype, gemm)
+        self.model = LlamaModel(loaded.arch, loaded.weights, get_backend(attention_backend), linear)
         self.tokenizer = loaded.tokenizer
         tok_eos = getattr(self.tokenizer, "eos_token_id", None)
         eos_ids = {*loaded.arch.eos_token_ids, *([tok_eos] if tok_eos is not None else [])}
@@ -216,4 +219,5 @@ def build_torch_executor(cfg: Mapping[str, Any]) -> TorchExecutor:
         attention_backend=str(ex.get("attention_backend", "torch")),
         num_threads=ex.get("num_threads"),
         max_model_len=kv.get("max_model_len"),
+        gemm=str(ex.get("gemm", "auto")),
     )

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from kvlab.kernels import AttentionBackend, AttentionMetadata, get_backend
 from kvlab.models.config import ArchConfig
+from kvlab.models.linear import LinearFn
 from kvlab.models.rope import RotaryEmbedding
 
 
@@ -22,9 +23,10 @@ class LlamaModel:
     the RoPE tables; stateless between calls (the KV cache is passed in)."""
 
     def __init__(self, arch: ArchConfig, weights: dict[str, torch.Tensor],
-                 backend: AttentionBackend | None = None) -> None:
+                 backend: AttentionBackend | None = None, linear: LinearFn | None = None) -> None:
         self.arch = arch
         self.backend = backend or get_backend("torch")
+        self.linear: LinearFn = linear or F.linear  # see kvlab.models.linear
         embed = weights["embed"]
         self.device, self.dtype = embed.device, embed.dtype
         self.embed = embed
@@ -70,7 +72,7 @@ class LlamaModel:
         cos, sin = self.rope.tables(positions)
         for i, w in enumerate(self.layers):
             h = self._rms_norm(x, w["attn_norm"])
-            qkv = F.linear(h, w["qkv"], w["qkv_bias"])
+            qkv = self.linear(h, w["qkv"], w["qkv_bias"])
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = self.rope.apply(q.view(T, a.num_heads, a.head_dim), cos, sin)
             k = self.rope.apply(k.view(T, a.num_kv_heads, a.head_dim), cos, sin)
@@ -78,10 +80,10 @@ class LlamaModel:
             k_cache, v_cache = kv_cache[i, 0], kv_cache[i, 1]
             self.backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
             o = self.backend.paged_attention(q, k_cache, v_cache, meta, self.scale)
-            x = x + F.linear(o.reshape(T, self.q_size).to(x.dtype), w["o"])
+            x = x + self.linear(o.reshape(T, self.q_size).to(x.dtype), w["o"])
             h = self._rms_norm(x, w["mlp_norm"])
-            gate, up = F.linear(h, w["gate_up"]).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w["down"])
+            gate, up = self.linear(h, w["gate_up"]).chunk(2, dim=-1)
+            x = x + self.linear(F.silu(gate) * up, w["down"])
         if logit_rows is not None:
             x = x.index_select(0, logit_rows)
-        return F.linear(self._rms_norm(x, self.norm), self.lm_head).float()
+        return self.linear(self._rms_norm(x, self.norm), self.lm_head).float()
