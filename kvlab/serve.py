@@ -5,7 +5,7 @@ root keys (``device``, ``dtype``, ``kv.*``) as ``kvlab.run``, plus ``server.host
 ``server.port`` and ``server.api_key``. ``best=<sweep dir>`` (short for ``best.dir=...``, with
 ``best.metric`` and ``best.mode``) serves the configuration that won a finished sweep; see
 :mod:`kvlab.server.best` and docs/serving.md. Builds the engine (loading the model), prints the
-address, model, allocator and KV capacity, and runs uvicorn until interrupted.
+address, model, allocator and KV capacity, and serves until interrupted (SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ def banner(cfg: dict[str, Any], aengine: Any) -> str:
     srv = cfg["server"]
     a, s = cfg["allocator"], cfg["scheduler"]
     dtype = getattr(e.executor, "dtype", cfg.get("dtype"))
+    gemm = getattr(e.executor, "gemm", None)
     return "\n".join(
         [
             f"kvlab serve: http://{srv['host']}:{srv['port']}/v1  (health /health, metrics /metrics)",
             f"  model      {srv.get('served_model_name') or cfg['model']['name']} "
             f"(executor={cfg['executor']['name']}, "
-            f"dtype={dtype}, max_model_len={e.max_model_len})",
+            f"dtype={dtype}{f', gemm={gemm}' if gemm else ''}, max_model_len={e.max_model_len})",
             f"  allocator  {a['name']} (block_size={e.block_size}) | scheduler {s['name']} "
             f"(max_num_seqs={s.get('max_num_seqs')})",
             f"  KV cache   {e.kv_capacity_tokens} tokens = {e.allocator.num_blocks} blocks x {e.block_size} "
@@ -55,24 +56,42 @@ def banner(cfg: dict[str, Any], aengine: Any) -> str:
 
 
 def serve(cfg: dict[str, Any]) -> None:
-    """Build the server and run it until interrupted (blocking)."""
+    """Build the server and run it until interrupted (blocking): uvicorn in a thread, the engine
+    loop on this (the main) thread — see :mod:`kvlab.server.async_engine` for why."""
+    import signal
+    import threading
+
     import uvicorn
 
     app, aengine = build_server(cfg)
-    aengine.start()
     print(banner(cfg, aengine), flush=True)
     srv = cfg["server"]
+    server = uvicorn.Server(uvicorn.Config(
+        app,
+        host=str(srv["host"]),
+        port=int(srv["port"]),
+        log_level="warning",
+        access_log=bool(srv.get("log_requests")),
+        timeout_graceful_shutdown=2,
+    ))
+    http = threading.Thread(target=server.run, name="kvlab-http", daemon=True)
+
+    def stop(signum: int, frame: Any) -> None:  # flags only: this interrupts the engine loop
+        server.should_exit = True
+        aengine.request_stop()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    http.start()
     try:
-        uvicorn.run(
-            app,
-            host=str(srv["host"]),
-            port=int(srv["port"]),
-            log_level="warning",
-            access_log=bool(srv.get("log_requests")),
-            timeout_graceful_shutdown=2,
-        )
+        aengine.run(keep_going=http.is_alive)  # returns on a signal or when uvicorn exits
     finally:
+        server.should_exit = True
         aengine.shutdown()
+        http.join(timeout=10)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not server.started:  # e.g. the port was taken: uvicorn logged why and exited
+        raise SystemExit(1)
 
 
 def resolve_best(cfg: dict[str, Any], cli: list[str]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Micro-benchmark of the torch executor: load time and batched-decode tokens/s.
 
-``python -m kvlab.models.bench --dtype bfloat16 --batch 1 32 --context 256 --steps 16``
+``python -m kvlab.models.bench --dtype bfloat16 --batch 1 32 --context 256 --steps 16 [--gemm native]``
 prefills ``batch`` synthetic sequences of ``context`` tokens (block size 16, shuffled block ids),
 then times ``steps`` decode steps of the whole batch and prints one JSON line per batch size.
 Numbers are only meaningful on a quiet machine: on 2 shared cores another process halves them.
@@ -53,17 +53,19 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--gemm", default="auto", choices=["auto", "native", "upcast"],
+                    help="16-bit matmul path (kvlab.models.linear)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--steps", type=int, default=16)
     args = ap.parse_args()
     t = time.perf_counter()
     ex = TorchExecutor(resolve_model(args.model), device=args.device, dtype=args.dtype,
-                       num_threads=args.threads)
+                       num_threads=args.threads, gemm=args.gemm)
     load_s = time.perf_counter() - t
     for b in args.batch:
         row = decode_tok_s(ex, b, args.context, args.steps)
-        print(json.dumps({"model": args.model, "device": str(ex.device), "dtype": str(ex.dtype),
+        print(json.dumps({"model": args.model, "device": str(ex.device), "dtype": str(ex.dtype), "gemm": ex.gemm,
                           "load_s": round(load_s, 2), **{k: round(v, 2) for k, v in row.items()}}))
 
 

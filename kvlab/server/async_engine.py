@@ -1,4 +1,11 @@
-"""``AsyncEngine``: one background thread owns the (not thread-safe) ``LLMEngine``.
+"""``AsyncEngine``: one thread owns the (not thread-safe) ``LLMEngine``.
+
+``python -m kvlab.serve`` runs that loop on the process's MAIN thread (:meth:`AsyncEngine.run`)
+and uvicorn's event loop in a second thread: measured on the 2-core dev VM, torch with 2 intra-op
+threads decoding a batch of 16 from a non-main thread used ~1.5 cores and ran ~25% slower than
+from the main thread (``cpu/wall`` 1.5 vs 1.97), and the whole server with 2 torch threads was
+slower than with 1. :meth:`AsyncEngine.start` still runs the loop in a background thread for
+embedding the server in another program (and for tests).
 
 HTTP handlers never touch the engine. They submit closures (``call``) and aborts through a
 queue; the engine thread runs them between steps, then steps while anything is unfinished, so
@@ -69,12 +76,24 @@ class AsyncEngine:
 
     # -- lifecycle --
     def start(self) -> None:
+        """Run the engine loop in a background thread."""
         self._thread.start()
 
+    def run(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        """Run the engine loop in the calling thread until :meth:`shutdown` or until
+        ``keep_going()`` turns false (checked at least once a second)."""
+        self._run(keep_going)
+
+    def request_stop(self) -> None:
+        """Ask the loop to end within a second; only sets a flag, so a signal handler may call it."""
+        self._stop.set()
+
     def shutdown(self) -> None:
+        """Stop the loop and wait for its thread (if it runs in one)."""
         self._stop.set()
         self._cmds.put(("noop", None, None))
-        self._thread.join(timeout=10)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
     # -- API for handlers (event loop side) --
     async def call(self, fn: Callable[[LLMEngine], T]) -> T:
@@ -101,8 +120,8 @@ class AsyncEngine:
         self._cmds.put(("abort", request_id, None))
 
     # -- engine thread --
-    def _run(self) -> None:
-        while not self._stop.is_set():
+    def _run(self, keep_going: Callable[[], bool] = lambda: True) -> None:
+        while not self._stop.is_set() and keep_going():
             busy = self.engine.has_unfinished_requests()
             try:
                 cmd = self._cmds.get_nowait() if busy else self._cmds.get(timeout=1.0)

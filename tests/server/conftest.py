@@ -32,8 +32,8 @@ def free_port() -> int:
 class ServerProcess:
     """A running server: ``base`` is ``http://127.0.0.1:<port>``; ``log`` its captured output."""
 
-    def __init__(self, overrides: list[str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, overrides: list[str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         args = [
