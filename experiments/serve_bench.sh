@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Continuous batching across clients: `kvlab.bench serve` at 16 concurrent clients against
 # `kvlab.serve` (SmolLM2-135M on this CPU), then against the same server limited to one running
-# request (scheduler.max_num_seqs=1). Writes results/serve_bench/{batched,serial}/ and a summary.
-# Usage: experiments/serve_bench.sh [extra kvlab.serve overrides...]
+# request (scheduler.max_num_seqs=1). Writes $OUT/{batched,serial}/ and $OUT/summary.json.
+# Workload: uniform prompts 16-128 / outputs 16-64 tokens (random ids, ignore_eos); LONG=1 uses
+# the load generator's default instead (`uniform` 16-256 / 16-256, the distribution of
+# experiments/bench_real_model.py). THREADS = torch threads of the server (default 2).
+# Usage: [N=96] [THREADS=2] [LONG=1] [OUT=dir] experiments/serve_bench.sh [extra kvlab.serve overrides...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-8765}
-OUT=${OUT:-results/serve_bench}
-N=${N:-48}
-BENCH=(--num-requests "$N" --max-concurrency 16 --seed 0 --workload uniform
-       --workload-opt prompt_len_min=16 --workload-opt prompt_len_max=128
-       --workload-opt output_len_min=16 --workload-opt output_len_max=64)
+if [[ "${LONG:-0}" == 1 ]]; then DEFAULT_OUT=results/serve_bench/long; else DEFAULT_OUT=results/serve_bench/short; fi
+OUT=${OUT:-$DEFAULT_OUT}
+N=${N:-96}
+BENCH=(--num-requests "$N" --max-concurrency 16 --seed 0 --workload uniform)
+if [[ "${LONG:-0}" != 1 ]]; then
+  BENCH+=(--workload-opt prompt_len_max=128 --workload-opt output_len_max=64)
+fi
 
 run() {  # run <label> <serve overrides...>
   local label=$1; shift
@@ -28,15 +33,17 @@ run() {  # run <label> <serve overrides...>
 }
 
 mkdir -p "$OUT"
-COMMON=(executor.num_threads=${THREADS:-1} "$@")
+COMMON=(executor.num_threads=${THREADS:-2} "$@")
 run batched "${COMMON[@]}"
 run serial "${COMMON[@]}" scheduler.max_num_seqs=1
-"$PY" - "$OUT" <<'PYEOF'
+"$PY" - "$OUT" "${COMMON[@]}" <<'PYEOF'
 import json, platform, os, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 m = {k: json.loads((out / k / "metrics.json").read_text()) for k in ("batched", "serial")}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+cfg = json.loads((out / "batched" / "config.json").read_text())
 summary = {"machine": f"{cpu}, {os.cpu_count()} cores", "load_average_at_end": os.getloadavg(),
+           "server_overrides": sys.argv[2:], "bench_config": cfg,
            "batched_output_throughput": m["batched"]["output_throughput"],
            "serial_output_throughput": m["serial"]["output_throughput"],
            "ratio": m["batched"]["output_throughput"] / m["serial"]["output_throughput"]}
