@@ -7,6 +7,7 @@ start and the steps quick on a 2-core CPU. The helpers poll ``/health`` for the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -59,11 +60,9 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
-            try:
+            with contextlib.suppress(httpx.HTTPError):  # not listening yet: poll again
                 if httpx.get(self.base + "/health", timeout=1).status_code == 200:
                     return
-            except httpx.HTTPError:
-                pass
             time.sleep(0.5)
         raise TimeoutError(f"server not ready after {START_TIMEOUT_S} s:\n{self.log}")
 
