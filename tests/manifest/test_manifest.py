@@ -1,0 +1,47 @@
+"""The results manifest: machine, versions, git state and model hash are recorded truthfully."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from kvlab import manifest
+
+AVX2_ONLY = "model name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 fma f16c\n"
+AMX = "model name\t: Intel(R) Xeon(R) Platinum 8488C\nflags\t\t: avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+
+
+def test_cpu_flags_parsed_per_machine_kind() -> None:
+    a = manifest.cpu_info(AVX2_ONLY)
+    assert a["model"] == "AMD EPYC 9R14"
+    assert a["flags"]["avx2"] and not a["flags"]["avx512f"] and not a["flags"]["amx_bf16"]
+    b = manifest.cpu_info(AMX)
+    assert b["model"].startswith("Intel(R) Xeon")
+    assert b["flags"]["avx512_bf16"] and b["flags"]["amx_bf16"] and not b["flags"]["avx512_vnni"]
+
+
+def test_file_hash_is_sha256_and_cached(tmp_path) -> None:
+    f = tmp_path / "model.gguf"
+    f.write_bytes(b"weights" * 1000)
+    cache = tmp_path / "cache"
+    want = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert manifest.file_sha256(f, cache) == want
+    (entry,) = list(cache.iterdir())
+    entry.write_text("stale-but-cached")  # a second call reads the cache, keyed by size+mtime
+    assert manifest.file_sha256(f, cache) == "stale-but-cached"
+    f.write_bytes(b"other weights")  # a changed file gets a new key and a fresh hash
+    assert manifest.file_sha256(f, cache) == hashlib.sha256(b"other weights").hexdigest()
+    assert manifest.file_sha256(tmp_path / "missing", cache) is None
+
+
+def test_write_manifest_fields(tmp_path) -> None:
+    cfg = {"seed": 7, "workload": {"name": "uniform", "sampling_seed": 3}, "dtype": "float32"}
+    path = manifest.write_manifest(tmp_path / "out", cfg, started=0.0, extra={"kind": "test"})
+    m = json.loads(path.read_text())
+    assert m["config"] == cfg and m["seeds"] == {"seed": 7, "sampling_seed": 3}
+    assert m["started"] == "1970-01-01T00:00:00Z" and m["finished"] > m["started"]
+    assert m["versions"]["python"] and m["versions"]["torch"]
+    assert len(m["git"]["commit"]) == 40 and isinstance(m["git"]["dirty"], bool)
+    assert m["gpu"] is None or m["gpu"][0]["name"]
+    assert set(m["cpu"]["flags"]) == set(manifest.SPEED_FLAGS)
+    assert m["kind"] == "test" and m["model"]["file"] is None
