@@ -71,6 +71,38 @@ def load_job(job: Path, sweep_dir: Path) -> tuple[dict[str, Any], dict[str, floa
     return row, metrics
 
 
+PROVENANCE = {  # manifest field -> what a difference means for the comparison
+    "cpu.model": "CPU model", "gpu": "GPU", "versions.kvlab": "kvlab version", "versions.torch": "torch version",
+    "threads": "thread count", "config.dtype": "dtype",
+}
+
+
+def provenance_warnings(jobs: list[Path], sweep_dir: Path) -> list[str]:
+    """Warnings when the jobs' ``manifest.json`` files say they ran on different machines,
+    software or dtypes (jobs without a manifest are named once: their provenance is unknown)."""
+    seen: dict[str, dict[str, list[str]]] = {k: {} for k in PROVENANCE}
+    missing = []
+    for job in jobs:
+        name = str(job.relative_to(sweep_dir)) or "."
+        try:
+            raw = json.loads((job / "manifest.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            missing.append(name)
+            continue
+        m = flatten({k: v for k, v in raw.items() if k != "gpu"})
+        m["gpu"] = ", ".join(g.get("name", "?") for g in raw.get("gpu") or []) or "none"
+        for key in PROVENANCE:
+            value = m.get(key)
+            seen[key].setdefault(str(value), []).append(name)
+    out = [f"runs differ in {PROVENANCE[k]}: " + "; ".join(f"{v} ({', '.join(js[:3])}{' ...' if len(js) > 3 else ''})"
+                                                          for v, js in vals.items())
+           for k, vals in seen.items() if len(vals) > 1]
+    if missing and len(missing) < len(jobs):
+        out.append(f"{len(missing)} job(s) have no manifest.json, so their machine is unknown: "
+                   f"{', '.join(missing[:3])}")
+    return out
+
+
 def _rate(v: Any) -> float:
     try:
         return math.inf if v is None else float(v)
@@ -237,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     print(csv)
     for p in plot_all(df, out):
         print(p)
+    for w in provenance_warnings(find_jobs(args.sweep_dir), args.sweep_dir):
+        print(f"warning: {w}", file=sys.stderr)
     bad = df[df["status"] != "ok"]
     for _, row in bad.iterrows():
         print(f"warning: job {row['job']}: {row['status']}", file=sys.stderr)

@@ -45,3 +45,30 @@ def test_write_manifest_fields(tmp_path) -> None:
     assert m["gpu"] is None or m["gpu"][0]["name"]
     assert set(m["cpu"]["flags"]) == set(manifest.SPEED_FLAGS)
     assert m["kind"] == "test" and m["model"]["file"] is None
+
+
+def _job(root, name, cpu, dtype, gpu=None):
+    d = root / name
+    d.mkdir(parents=True)
+    m = manifest.collect({"dtype": dtype})
+    m["cpu"] = manifest.cpu_info(cpu)
+    m["gpu"] = gpu
+    (d / "manifest.json").write_text(json.dumps(m))
+    (d / "metrics.json").write_text(json.dumps({"output_throughput": 1.0}))
+    return d
+
+
+def test_compare_warns_on_mixed_machines_and_dtypes(tmp_path, capsys) -> None:
+    from kvlab.compare import find_jobs, main, provenance_warnings
+
+    root = tmp_path / "sweep"
+    _job(root, "0", AVX2_ONLY, "float32")
+    _job(root, "1", AVX2_ONLY, "float32")
+    assert provenance_warnings(find_jobs(root), root) == []
+    _job(root, "2", AMX, "bfloat16", gpu=[{"name": "NVIDIA H200"}])
+    warns = provenance_warnings(find_jobs(root), root)
+    joined = "\n".join(warns)
+    assert "CPU model" in joined and "AMD EPYC 9R14 (0, 1)" in joined and "Platinum 8488C (2)" in joined
+    assert "dtype" in joined and "GPU" in joined and "NVIDIA H200" in joined
+    assert main([str(root), "--out", str(tmp_path / "out")]) == 0
+    assert "warning: runs differ in CPU model" in capsys.readouterr().err
