@@ -1,12 +1,14 @@
 """One experiment: config -> engine + workload -> replay -> metrics and record files.
 
-Writes, into the output directory: ``metrics.json``, ``requests.csv``, ``steps.csv`` and the
-resolved ``config.yaml`` (so every result sits beside the config that made it).
+Writes, into the output directory: ``metrics.json``, ``requests.csv``, ``steps.csv``, the
+resolved ``config.yaml`` (so every result sits beside the config that made it) and
+``manifest.json`` (commit, command, versions, machine, seeds, model hash: :mod:`kvlab.manifest`).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +17,18 @@ import pandas as pd
 from kvlab.config_check import as_plain, check_config
 from kvlab.driver import replay
 from kvlab.engine import LLMEngine
+from kvlab.manifest import model_provenance, write_manifest
 from kvlab.metrics import compute_metrics
 from kvlab.workloads import build_workload
 
 
 def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     """Run ``cfg`` and write its records; returns {"metrics", "engine", "workload", "samples"}."""
+    started = time.time()
     cfg = as_plain(cfg)
     check_config(cfg)
     model = cfg["model"]
+    provenance = model_provenance(model) if cfg["executor"].get("name") != "sim" else None
     max_len = int(cfg.get("kv", {}).get("max_model_len") or model["max_model_len"])
     wl_cfg = cfg["workload"]
     needs_tokenizer = wl_cfg.get("name") in ("file", "prompts")
@@ -52,6 +57,7 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     pd.DataFrame([r.as_dict() for r in engine.request_records]).to_csv(out / "requests.csv", index=False)
     pd.DataFrame([s.as_dict() for s in engine.step_records]).to_csv(out / "steps.csv", index=False)
     _write_config(cfg, out / "config.yaml")
+    write_manifest(out, cfg, started=started, model=provenance, extra={"entry_point": "kvlab.run"})
     samples = [] if engine.tokenizer is None else _samples(engine)
     return {"metrics": metrics, "engine": engine, "workload": workload, "samples": samples}
 

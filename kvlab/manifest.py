@@ -125,6 +125,31 @@ def file_sha256(path: str | Path, cache_dir: Path | None = None) -> str | None:
     return digest
 
 
+def model_provenance(model_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The model's checkpoint, its file, and whether the converted-weights cache was warm.
+
+    Call it BEFORE the model loads: loading fills the cache. A GGUF checkpoint's file is the
+    GGUF (hashed by :func:`collect`); a checkpoint directory's is its ``model.safetensors``.
+    """
+    ckpt = (model_cfg or {}).get("checkpoint")
+    out: dict[str, Any] = {"checkpoint": ckpt, "file": None, "converted_cache_warm": None}
+    if not ckpt or ckpt == "random":
+        return out
+    try:
+        from kvlab.models.loader import GGUF_CHECKPOINTS, gguf_path
+
+        if ckpt in GGUF_CHECKPOINTS:
+            out["file"] = str(gguf_path(ckpt))
+            name = str((model_cfg or {}).get("name", ckpt))
+            out["converted_cache_warm"] = (_cache_root() / name / "kvlab_source.json").is_file()
+            return out
+    except (ImportError, FileNotFoundError):
+        return out
+    weights = Path(str(ckpt)).expanduser() / "model.safetensors"
+    out["file"] = str(weights) if weights.is_file() else None
+    return out
+
+
 def _cache_root() -> Path:
     return Path(os.environ.get("KVLAB_CACHE") or Path.home() / ".cache" / "kvlab").expanduser()
 
@@ -135,12 +160,14 @@ def _threads() -> int | None:
 
 
 def collect(config: Mapping[str, Any] | None = None, *, started: float | None = None,
-            model_file: str | Path | None = None, model_cache_warm: bool | None = None,
-            extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest as a JSON-ready dict. ``started`` is a ``time.time()`` stamp (default: now).
+            model: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest as a JSON-ready dict. ``started`` is a ``time.time()`` stamp (default: now);
+    ``model`` is :func:`model_provenance`'s result (taken before the model loaded).
 
     Seeds are read from ``config`` (``seed`` and ``workload.sampling_seed``) when present.
     """
+    model = dict(model or {"checkpoint": None, "file": None, "converted_cache_warm": None})
+    model["sha256"] = file_sha256(model["file"]) if model.get("file") else None
     cfg = dict(config or {})
     wl = cfg.get("workload") if isinstance(cfg.get("workload"), Mapping) else {}
     now = time.time()
@@ -155,9 +182,7 @@ def collect(config: Mapping[str, Any] | None = None, *, started: float | None = 
         "gpu": gpu_info(),
         "threads": _threads(),
         "seeds": {"seed": cfg.get("seed"), "sampling_seed": (wl or {}).get("sampling_seed")},
-        "model": {"file": str(model_file) if model_file else None,
-                  "sha256": file_sha256(model_file) if model_file else None,
-                  "converted_cache_warm": model_cache_warm},
+        "model": model,
         "started": _iso(started if started is not None else now),
         "finished": _iso(now),
         **dict(extra or {}),

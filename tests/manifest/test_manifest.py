@@ -72,3 +72,29 @@ def test_compare_warns_on_mixed_machines_and_dtypes(tmp_path, capsys) -> None:
     assert "dtype" in joined and "GPU" in joined and "NVIDIA H200" in joined
     assert main([str(root), "--out", str(tmp_path / "out")]) == 0
     assert "warning: runs differ in CPU model" in capsys.readouterr().err
+
+
+def test_kvlab_run_writes_a_manifest(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    args = ["executor=sim", "model=opt-13b", "hardware=a100-40gb", "workload=sharegpt", "show_progress=false",
+            "workload.num_requests=20", "seed=5", f"output_dir={tmp_path}"]
+    proc = subprocess.run([sys.executable, "-m", "kvlab.run", *args], cwd=root, text=True, capture_output=True,
+                          timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["entry_point"] == "kvlab.run" and m["seeds"]["seed"] == 5
+    assert m["config"]["model"]["name"] == "opt-13b" and m["config"]["executor"]["name"] == "sim"
+    assert any(a == "seed=5" for a in m["command"]) and m["model"]["checkpoint"] is None
+
+
+def test_model_provenance_of_the_shipped_gguf() -> None:
+    from kvlab.models.config import resolve_model
+
+    p = manifest.model_provenance(resolve_model("smollm2-135m"))
+    assert p["file"].endswith(".gguf") and isinstance(p["converted_cache_warm"], bool)
+    assert manifest.model_provenance({"checkpoint": "random"})["file"] is None
