@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -207,6 +208,30 @@ def run_fig18a(cfg: dict, device: str, measure) -> list[dict]:
     return rows
 
 
+def run_tuning(cfg: dict, dtype: torch.dtype, device: str, measure, smoke: bool) -> list[dict]:
+    """Split factor and tile/warp/stage variants at a few shapes (block size 16): data to tune from."""
+    from kvlab.kernels.decode_attention import decode_attention
+
+    points = [(3, 40)] if smoke else [(64, 4096), (16, 8192), (1, 32768)]
+    splits = [1, 2] if smoke else [1, 2, 4, 8, 16, 32]
+    tiles = [(16, 4, 2)] if smoke else [(32, 4, 2), (64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 2), (128, 8, 3)]
+    pool = Pool(max(b * c for b, c in points), 16, cfg["kv_heads"], cfg["head_dim"], dtype, device)
+    rows = []
+    for batch, ctx in points:
+        bt = pool.tables(batch, ctx, seed=ctx)
+        lens = torch.full((batch,), ctx, dtype=torch.int32, device=device)
+        q = torch.randn(batch, cfg["heads"], cfg["head_dim"], device=device).to(dtype)
+        kv_bytes = 2 * batch * ctx * cfg["kv_heads"] * cfg["head_dim"] * pool.k.element_size()
+        variants = [{"num_splits": n} for n in splits]
+        variants += [{"num_splits": None, "block_n": bn, "num_warps": w, "num_stages": st} for bn, w, st in tiles]
+        for kw in variants:
+            t = measure(functools.partial(decode_attention, q, pool.k, pool.v, bt, lens, cfg["head_dim"] ** -0.5,
+                                          max_seq_len=ctx, **kw))
+            rows.append({"batch": batch, "context": ctx, **kw, "triton_s": t, "gb_s": kv_bytes / t / 1e9})
+            print(json.dumps({"tuning": True, **rows[-1]}), flush=True)
+    return rows
+
+
 def summarize(rows: list[dict], peak: float | None) -> dict:
     """Add bandwidth fractions to ``rows`` and evaluate the issue's two targets."""
     for r in rows:
@@ -256,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=1 << 21, help="cap on batch x context (memory)")
     ap.add_argument("--no-fig18", action="store_true", help="skip the Fig. 18a series")
+    ap.add_argument("--no-tuning", action="store_true", help="skip the split/tile variants")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
@@ -272,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     measure = timer(smoke=not cuda)
     rows = run_sweep(cfg, DTYPES[args.dtype], device, measure, smoke=not cuda)
     targets = summarize(rows, peak)
+    tuning = run_tuning(cfg, DTYPES[args.dtype], device, measure, smoke=not cuda) if not args.no_tuning else []
     result = {"what": "paged decode attention, achieved bandwidth", "environment": env, "dtype": args.dtype,
               "peak_bandwidth_gb_s": peak / 1e9 if peak else None, "peak_source": peak_src, "config": cfg,
               "timing": "interpreter wall clock (meaningless)" if not cuda else "triton do_bench median, L2 flushed",
-              "targets": targets, "rows": rows}
+              "targets": targets, "rows": rows, "tuning": tuning}
     (out / "decode_bandwidth.json").write_text(json.dumps(result, indent=1))
     fig = []
     if not args.no_fig18:

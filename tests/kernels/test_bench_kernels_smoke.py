@@ -39,3 +39,4 @@ def test_smoke_writes_results(tmp_path):
     assert all(r["kv_bytes"] == 2 * r["batch"] * r["context"] * 2 * 16 * 2 for r in rows)  # kvh 2, D 16, bf16
     assert res["environment"]["interpreter"] is True
     assert "bw_min_frac" in res["targets"]
+    assert {r["num_splits"] for r in res["tuning"]} == {1, 2, None}
