@@ -26,6 +26,7 @@ from kvlab.kernels.triton_utils import check, check_attention_caches, check_tens
 LOG2E = 1.4426950408889634
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
+PROGRAMS_PER_SM = 4  # no K/V reuse across programs: occupancy hides load latency (first guess, untuned)
 
 
 @triton.jit
@@ -130,13 +131,13 @@ def _reduce_kernel(
 
 
 def choose_num_splits(max_seq_len: int, num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
-    """Split-K factor: enough programs for about two per SM, each split >= 256 tokens, <= 64 splits.
+    """Split-K factor: enough programs for about four per SM, each split >= 256 tokens, <= 64 splits.
 
     ``num_seqs * num_kv_heads`` programs without splitting; if they already fill the device
     (or ``num_sms`` is 0, i.e. no GPU) the answer is 1.
     """
     base = max(1, num_seqs * num_kv_heads)
-    target = 2 * num_sms
+    target = PROGRAMS_PER_SM * num_sms
     if base >= target:
         return 1
     by_occupancy = math.ceil(target / base)
