@@ -73,7 +73,8 @@ def test_choose_num_splits():
     assert dec.choose_num_splits(32768, 1, 8, 132) == 64  # one long sequence: 4 x 132 / 8 = 66, capped
     assert dec.choose_num_splits(4096, 16, 8, 132) == 5  # 128 programs -> 5 splits of ~820 tokens
     assert dec.choose_num_splits(1024, 1, 8, 132) == 4  # limited by >= 256 tokens per split
-    assert dec.choose_num_splits(32768, 64, 8, 132) == 1  # 512 programs already fill 132 SMs
+    assert dec.choose_num_splits(32768, 64, 8, 132) == 2  # 512 programs, just under 4 x 132
+    assert dec.choose_num_splits(32768, 256, 8, 132) == 1  # 2048 programs fill the device
     assert dec.choose_num_splits(300, 1, 1, 132) == 1  # too short to split
     assert dec.choose_num_splits(10**6, 1, 1, 132) == dec.MAX_SPLITS
     assert dec.choose_num_splits(32768, 1, 8, 0) == 1  # no GPU
