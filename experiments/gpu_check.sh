@@ -2,7 +2,8 @@
 # The one prepared GPU check (for a session that is lent a GPU; device time is ~10 minutes):
 #   1. the kernel `gpu` tests (tests/kernels, real sizes, bf16/fp16/fp32, block sizes 1..128);
 #   2. the kernel benchmark (experiments/bench_kernels.py; --quick by default);
-#   3. every other `gpu`-marked test of the repo.
+#   3. the small interpreter-sized kernel comparisons, compiled on CUDA this time;
+#   4. every other `gpu`-marked test of the repo.
 # Each step has its own timeout; a failing or timed-out step does not stop the next one.
 # Output (at most 6 files: the device tool returns at most 8, two folders deep):
 #   $RESULTS/gpu_check/log.txt       environment + the output of every step
@@ -10,7 +11,8 @@
 #   $RESULTS/kernels/<device>/       decode_bandwidth.{json,png}, fig18a.{json,png}
 # Usage: with the device tool: `RESULTS=$OUT bash experiments/gpu_check.sh`, then copy the returned
 # files under results/ and commit them; on any GPU box: `bash experiments/gpu_check.sh` (RESULTS=results).
-# Knobs: PY, T_KERNEL_TESTS (180 s), T_BENCH (240 s), T_OTHER_TESTS (120 s), BENCH_ARGS (--quick).
+# Knobs: PY, T_KERNEL_TESTS (150 s), T_BENCH (240 s), T_SMALL_TESTS (90 s), T_OTHER_TESTS (90 s),
+# BENCH_ARGS (--quick). The default timeouts add up to 570 s, inside one 600 s device call.
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 RESULTS=${RESULTS:-results}
@@ -60,15 +62,16 @@ step() {  # step <name> <timeout_s> <command...>
   log "== $name: exit ${RC[$name]} after ${SECS[$name]} s"
 }
 
-step kernel_tests "${T_KERNEL_TESTS:-180}" "$PY" -m pytest -m gpu tests/kernels -q -rfEs -p no:cacheprovider
+step kernel_tests "${T_KERNEL_TESTS:-150}" "$PY" -m pytest -m gpu tests/kernels -q -rfEs -p no:cacheprovider
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
 step bench "${T_BENCH:-240}" "$PY" experiments/bench_kernels.py ${BENCH_ARGS:---quick} --out "$RESULTS/kernels/$SLUG"
-step other_gpu_tests "${T_OTHER_TESTS:-120}" "$PY" -m pytest -m gpu tests --ignore=tests/kernels -q -rfEs -p no:cacheprovider
+step small_kernel_tests "${T_SMALL_TESTS:-90}" "$PY" -m pytest -m "not gpu and not slow" tests/kernels -q -rfEs -p no:cacheprovider
+step other_gpu_tests "${T_OTHER_TESTS:-90}" "$PY" -m pytest -m gpu tests --ignore=tests/kernels -q -rfEs -p no:cacheprovider
 
 {
   echo "{"
   echo "  \"device\": \"$SLUG\","
-  for name in kernel_tests bench other_gpu_tests; do
+  for name in kernel_tests bench small_kernel_tests other_gpu_tests; do
     echo "  \"$name\": {\"exit\": ${RC[$name]}, \"seconds\": ${SECS[$name]}},"
   done
   echo "  \"note\": \"exit 124/137 = timed out; 5 from pytest = no tests collected\""

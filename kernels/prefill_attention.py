@@ -168,7 +168,7 @@ def prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         k = k_cache[blocks].reshape(-1, kvh, D)[:L].float().repeat_interleave(H // kvh, dim=1)
         v = v_cache[blocks].reshape(-1, kvh, D)[:L].float().repeat_interleave(H // kvh, dim=1)
         s = torch.einsum("thd,nhd->htn", q[a:b].float(), k) * scale
-        q_pos = torch.arange(L - (b - a), L)
-        s = s.masked_fill(torch.arange(L)[None, :] > q_pos[:, None], float("-inf"))
+        q_pos = torch.arange(L - (b - a), L, device=q.device)
+        s = s.masked_fill(torch.arange(L, device=q.device)[None, :] > q_pos[:, None], float("-inf"))
         out[a:b] = torch.einsum("htn,nhd->thd", s.softmax(-1), v).to(q.dtype)
     return out

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.paged_cases import make_paged, randn, tolerance
+from tests.kernels.paged_cases import DEVICE, make_paged, randn, tolerance
 
 dec = pytest.importorskip("kvlab.kernels.decode_attention")
 
 LENS = [1, 37, 19, 16]  # not multiples of the block size (except one), a one-token context
 
 
-def _run(lens, block_size, kvh, group, dtype, layout="shuffled", num_splits=1, head_dim=24, device="cpu",
+def _run(lens, block_size, kvh, group, dtype, layout="shuffled", num_splits=1, head_dim=24, device=DEVICE,
          block_n=None, max_seq_len=None):
     case = make_paged(lens, block_size, kvh, head_dim, dtype, layout, device=device)
     q = randn(len(lens), kvh * group, head_dim, dtype=dtype, device=device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.paged_cases import make_paged, randn, tolerance
+from tests.kernels.paged_cases import DEVICE, make_paged, randn, tolerance
 
 pre = pytest.importorskip("kvlab.kernels.prefill_attention")
 
@@ -13,7 +13,7 @@ pre = pytest.importorskip("kvlab.kernels.prefill_attention")
 MIXED = [(37, 1), (5, 1), (29, 11), (13, 13)]
 
 
-def _run(seqs, block_size, kvh, group, dtype, layout="shuffled", head_dim=24, device="cpu", **kw):
+def _run(seqs, block_size, kvh, group, dtype, layout="shuffled", head_dim=24, device=DEVICE, **kw):
     lens = [L for L, _ in seqs]
     case = make_paged(lens, block_size, kvh, head_dim, dtype, layout, device=device)
     qsl = [0]
@@ -57,7 +57,7 @@ def test_prefill_decode_rows_equal_decode_kernel():
     seqs = [(37, 1), (5, 1), (20, 1)]
     case = make_paged([L for L, _ in seqs], 4, 2, 16, torch.float32)
     q = randn(3, 4, 16, dtype=torch.float32)
-    qsl = torch.tensor([0, 1, 2, 3], dtype=torch.int32)
+    qsl = torch.tensor([0, 1, 2, 3], dtype=torch.int32, device=DEVICE)
     a = pre.prefill_attention(q, case.k_cache, case.v_cache, case.block_tables, qsl, case.seq_lens, 0.25)
     b = dec.decode_attention(q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens, 0.25)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -68,10 +68,10 @@ def test_prefill_rejects_bad_args():
     q = randn(6, 4, 16, dtype=torch.float32)
     with pytest.raises(ValueError, match="query_start_loc"):
         pre.prefill_attention(q, case.k_cache, case.v_cache, case.block_tables,
-                              torch.tensor([0, 6], dtype=torch.int32), case.seq_lens, 0.25)
+                              torch.tensor([0, 6], dtype=torch.int32, device=DEVICE), case.seq_lens, 0.25)
     with pytest.raises(ValueError, match="seq_lens"):
         pre.prefill_attention(q, case.k_cache, case.v_cache, case.block_tables,
-                              torch.tensor([0, 3, 6], dtype=torch.int32), case.seq_lens.long(), 0.25)
+                              torch.tensor([0, 3, 6], dtype=torch.int32, device=DEVICE), case.seq_lens.long(), 0.25)
 
 
 @pytest.mark.gpu
