@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.kernels.paged_cases import DEVICE, make_paged, randn, tolerance
 
@@ -97,3 +99,12 @@ def test_decode_cuda_real_sizes(block_size, num_splits):
 @pytest.mark.parametrize("group", [1, 3, 8])
 def test_decode_cuda_dtypes_groups(dtype, group):
     _run([1, 4000, 777, 8192, 15], 16, 2, group, dtype, num_splits=None, head_dim=64, device="cuda")
+
+
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=4), st.sampled_from([1, 2, 8, 16]),
+       st.sampled_from([1, 3, 4]), st.integers(1, 5), st.sampled_from(["shuffled", "contiguous", "shared_prefix"]))
+@settings(max_examples=6, deadline=None, derandomize=True)
+def test_decode_random_batches(lens, block_size, group, num_splits, layout):
+    if layout == "shared_prefix" and len(lens) < 2:
+        lens = lens + [lens[0]]
+    _run(lens, block_size, 1, group, torch.float32, layout=layout, num_splits=num_splits, head_dim=16, block_n=16)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.kernels.paged_cases import DEVICE, make_paged, randn, tolerance
 
@@ -90,3 +92,12 @@ def test_prefill_cuda_real_sizes(block_size):
 @pytest.mark.parametrize("group", [1, 3, 8])
 def test_prefill_cuda_dtypes_groups(dtype, group):
     _run([(1000, 1000), (4000, 333), (9, 1), (2048, 17)], 16, 2, group, dtype, head_dim=64, device="cuda")
+
+
+@given(st.lists(st.tuples(st.integers(1, 30), st.integers(0, 6)), min_size=1, max_size=4),
+       st.sampled_from([1, 2, 5, 16]), st.sampled_from([1, 2, 4]), st.sampled_from(["shuffled", "contiguous"]))
+@settings(max_examples=6, deadline=None, derandomize=True)
+def test_prefill_random_batches(seqs, block_size, group, layout):
+    # n new tokens of a context of L: n in 1..L (a drawn 0 means the whole context is new)
+    seqs = [(L, min(L, n) if n else L) for L, n in seqs]
+    _run(seqs, block_size, 1, group, torch.float32, layout=layout, head_dim=16, block_m=16, block_n=16)
