@@ -39,13 +39,16 @@ def variants(quick: bool = False) -> list[tuple[str, object, dict, dict]]:
                 for split in (False,) if quick else (False, True):
                     ptrs = {n: PTR[dt] for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
                     ptrs |= {"bt_ptr": "*i32", "lens_ptr": "*i32", "part_ptr": "*fp32", "lse_ptr": "*fp32"}
-                    const = dict(G=g, HEAD_DIM=128, BLOCK_SIZE=bs, BLOCK_G=max(16, g), BLOCK_D=128, BLOCK_N=64,
-                                 SPLIT=split, DOT_F32=dt == "fp32")
+                    const = dict(G=g, HEAD_DIM=128, BLOCK_SIZE=bs, BLOCK_G=max(16, g), BLOCK_D=128,
+                                 BLOCK_N=32 if dt == "fp32" else 64,
+                                 SPLIT=split, DOT_F32=dt == "fp32", DOT_PREC="tf32x3")
                     out.append((f"decode {dt} bs{bs} G{g} split={split}", decode_attention._decode_kernel, ptrs, const))
         ptrs = {n: PTR[dt] for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
         ptrs |= {"bt_ptr": "*i32", "qsl_ptr": "*i32", "lens_ptr": "*i32"}
-        const = dict(G=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_M=64, BLOCK_D=128, BLOCK_N=64, DOT_F32=dt == "fp32")
-        out.append((f"prefill {dt} G4", prefill_attention._prefill_kernel, ptrs, const))
+        tile = 32 if dt == "fp32" else 64  # the launcher's defaults
+        const = dict(G=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_M=tile, BLOCK_D=128, BLOCK_N=tile, DOT_F32=dt == "fp32",
+                     DOT_PREC="tf32x3")
+        out.append((f"prefill {dt} G4", prefill_attention._prefill_kernel, ptrs, const | {"num_warps": 8}))
         if quick:
             return out
         ptrs = {"k_ptr": "*fp32", "v_ptr": "*fp32", "kc_ptr": PTR[dt], "vc_ptr": PTR[dt], "slot_ptr": "*i64"}
@@ -97,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     for arch in args.arch:
         for label, fn, ptrs, const in variants(args.quick):
             try:
-                k = compile_one(fn, ptrs, const, arch)
+                const = dict(const)
+                k = compile_one(fn, ptrs, const, arch, num_warps=const.pop("num_warps", 4))
                 row = {"arch": arch, "kernel": label, "shared_bytes": k.metadata.shared,
                        "pipelined_loads": k.asm["ttgir"].count("async_copy_global_to_local"),
                        **resource_usage(k.asm["cubin"])}
