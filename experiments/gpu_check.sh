@@ -51,6 +51,10 @@ fi
 } >> "$LOG"
 SLUG=$("$PY" -c "import re, torch; print(re.sub('[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
 
+# Parallel test processes where pytest-xdist exists (the GPU image has it): compiles dominate.
+XDIST=()
+if "$PY" -c "import xdist" 2>/dev/null; then XDIST=(-n "${XDIST_WORKERS:-4}"); fi
+
 declare -A RC SECS
 step() {  # step <name> <timeout_s> <command...>
   local name=$1 limit=$2; shift 2
@@ -62,10 +66,10 @@ step() {  # step <name> <timeout_s> <command...>
   log "== $name: exit ${RC[$name]} after ${SECS[$name]} s"
 }
 
-step kernel_tests "${T_KERNEL_TESTS:-150}" "$PY" -m pytest -m gpu tests/kernels -q -rfEs -p no:cacheprovider
+step kernel_tests "${T_KERNEL_TESTS:-150}" "$PY" -m pytest ${XDIST[@]+"${XDIST[@]}"} -m gpu tests/kernels -q -rfEs -p no:cacheprovider
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
 step bench "${T_BENCH:-240}" "$PY" experiments/bench_kernels.py ${BENCH_ARGS:---quick} --out "$RESULTS/kernels/$SLUG"
-step small_kernel_tests "${T_SMALL_TESTS:-90}" "$PY" -m pytest -m "not gpu and not slow" tests/kernels -q -rfEs -p no:cacheprovider
+step small_kernel_tests "${T_SMALL_TESTS:-90}" "$PY" -m pytest ${XDIST[@]+"${XDIST[@]}"} -m "not gpu and not slow" tests/kernels -q -rfEs -p no:cacheprovider
 step other_gpu_tests "${T_OTHER_TESTS:-90}" "$PY" -m pytest -m gpu tests --ignore=tests/kernels -q -rfEs -p no:cacheprovider
 
 {
