@@ -10,7 +10,7 @@
 #   $RESULTS/gpu_check/summary.json  exit status and seconds of every step
 #   $RESULTS/kernels/<device>/       decode_bandwidth.{json,png}, fig18a.{json,png}
 # Usage: with the device tool: `RESULTS=$OUT bash experiments/gpu_check.sh`, then copy the returned
-# files under results/ and commit them; on any GPU box: `bash experiments/gpu_check.sh` (RESULTS=results).
+# files under results/ and commit them (`git add -f`: results/ is ignored); on any GPU box: `bash experiments/gpu_check.sh` (RESULTS=results).
 # Knobs: PY, T_KERNEL_TESTS (150 s), T_BENCH (240 s), T_SMALL_TESTS (90 s), T_OTHER_TESTS (90 s),
 # BENCH_ARGS (--quick). The default timeouts add up to 570 s, inside one 600 s device call.
 set -u -o pipefail
