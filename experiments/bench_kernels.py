@@ -296,15 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     peak, peak_src = peak_bandwidth(env["device"])
     cfg = sweep_config(args)
     measure = timer(smoke=not cuda)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_kernels_plot import plot_bandwidth, plot_fig18a
+
+    # each stage writes its files at once, so a time limit that cuts a later stage keeps the earlier
     rows = run_sweep(cfg, DTYPES[args.dtype], device, measure, smoke=not cuda)
     targets = summarize(rows, peak)
-    tuning = run_tuning(cfg, DTYPES[args.dtype], device, measure, smoke=not cuda) if not args.no_tuning else []
     result = {"what": "paged decode attention, achieved bandwidth", "environment": env, "dtype": args.dtype,
               "peak_bandwidth_gb_s": peak / 1e9 if peak else None, "peak_source": peak_src, "config": cfg,
               "timing": "interpreter wall clock (meaningless)" if not cuda else "triton do_bench median, L2 flushed",
-              "targets": targets, "rows": rows, "tuning": tuning}
+              "targets": targets, "rows": rows, "tuning": []}
     (out / "decode_bandwidth.json").write_text(json.dumps(result, indent=1))
-    fig = []
+    plot_bandwidth(result, out / "decode_bandwidth.png")
+    print(f"targets: {json.dumps(targets)}", flush=True)
     if not args.no_fig18:
         fig = run_fig18a(cfg, device, measure)
         summarize(fig, peak)
@@ -313,13 +317,11 @@ def main(argv: list[str] | None = None) -> int:
                      "size; sdpa_contiguous_s stands in for the contiguous-cache (FasterTransformer) kernel",
              "environment": env, "heads": cfg["fig18_heads"], "head_dim": cfg["fig18_head_dim"], "rows": fig},
             indent=1))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_kernels_plot import plot_bandwidth, plot_fig18a
-
-    plot_bandwidth(result, out / "decode_bandwidth.png")
-    if fig:
         plot_fig18a(fig, env["device"], out / "fig18a.png")
-    print(f"targets: {json.dumps(targets)}\nwrote {out}")
+    if not args.no_tuning:
+        result["tuning"] = run_tuning(cfg, DTYPES[args.dtype], device, measure, smoke=not cuda)
+        (out / "decode_bandwidth.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
     return 0
 
 
