@@ -15,6 +15,7 @@ import pandas as pd
 from kvlab.config_check import as_plain, check_config
 from kvlab.driver import replay
 from kvlab.engine import LLMEngine
+from kvlab.executor.device_monitor import device_metrics
 from kvlab.metrics import compute_metrics
 from kvlab.workloads import build_workload
 
@@ -46,6 +47,8 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
         num_gpus=int(model.get("tensor_parallel", 1) or 1),
         block_bytes=engine.block_bytes, warmup_s=float(wl_cfg.get("warmup_s", 0.0) or 0.0))
     metrics.update(_allocator_counters(engine))
+    monitor = getattr(engine.executor, "monitor", None)  # the torch executor's DeviceMonitor
+    metrics.update(device_metrics(getattr(monitor, "name", None), engine.step_records))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
