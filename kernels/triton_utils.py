@@ -1,0 +1,58 @@
+"""Helpers shared by the Triton kernel launchers: argument checks, interpreter detection, SM count.
+
+Importing this module does not import Triton (``kvlab.kernels`` must import without it); the
+kernel modules that do import Triton use these helpers in their launchers.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def dot_in_fp32(dtype: torch.dtype) -> bool:
+    """Whether tiles must be cast to fp32 before ``tl.dot``: fp32 data (exact IEEE dots instead of
+    TF32) and every dtype under the interpreter (its bf16 dot returns garbage)."""
+    return dtype == torch.float32 or interpreting()
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; 0 for a CPU tensor (the interpreter)."""
+    if device.type != "cuda":
+        return 0
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def check(cond: bool, msg: str) -> None:
+    """Raise ``ValueError(msg)`` unless ``cond`` (launcher argument checks; never stripped by -O)."""
+    if not cond:
+        raise ValueError(msg)
+
+
+def check_tensor(name: str, t: torch.Tensor, ndim: int, device: torch.device,
+                 dtypes: tuple[torch.dtype, ...] = SUPPORTED_DTYPES) -> None:
+    """Check rank, device and dtype of argument ``name`` with a message naming it."""
+    check(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check(t.dim() == ndim, f"{name} must have {ndim} dims, got shape {tuple(t.shape)}")
+    check(t.device == device, f"{name} is on {t.device}, expected {device} (all arguments on one device)")
+    names = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+    check(t.dtype in dtypes, f"{name} has dtype {t.dtype}; supported: {names}")
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (>= 1)."""
+    return 1 << max(0, (int(n) - 1).bit_length())
