@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import torch
-
 from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
