@@ -21,7 +21,7 @@ import math
 import torch
 import triton
 import triton.language as tl
-from kvlab.kernels.triton_utils import check, check_tensor, dot_in_fp32, next_pow2, num_sms
+from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_in_fp32, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 MIN_TOKENS_PER_SPLIT = 256
@@ -159,27 +159,20 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         scale: softmax scale (usually ``D ** -0.5``).
         num_splits: split-K factor; None picks :func:`choose_num_splits`; 1 = no reduce kernel.
         out: optional [N, H, D] output tensor (written in place and returned).
-        max_seq_len: an upper bound on ``seq_lens`` known on the host (saves nothing to sync; the
-            default bound is ``max_blocks * block_size``). Must not be below any ``seq_lens``.
+        max_seq_len: a host-side upper bound on ``seq_lens`` (sizes the splits without a device
+            sync); default ``max_blocks * block_size``. Must not be below any ``seq_lens``.
         block_n: positions per tile (power of two >= 16); default 64 (128 under the interpreter).
     Returns:
         [N, H, D] in ``q.dtype``.
     """
-    check_tensor("q", q, 3, q.device)
+    check_attention_caches(q, k_cache, v_cache)
     dev = q.device
-    check_tensor("k_cache", k_cache, 4, dev)
-    check_tensor("v_cache", v_cache, 4, dev)
     check_tensor("block_tables", block_tables, 2, dev, (torch.int32,))
     check_tensor("seq_lens", seq_lens, 1, dev, (torch.int32,))
     N, H, D = q.shape
-    _, block_size, kvh, Dk = k_cache.shape
-    check(v_cache.shape[1:] == k_cache.shape[1:], f"v_cache shape {tuple(v_cache.shape)} != k_cache {tuple(k_cache.shape)}")
-    check(k_cache.dtype == v_cache.dtype, f"k_cache dtype {k_cache.dtype} != v_cache dtype {v_cache.dtype}")
-    check(Dk == D, f"head_dim of q ({D}) != head_dim of the cache ({Dk})")
-    check(H % kvh == 0, f"query heads ({H}) must be a multiple of kv_heads ({kvh})")
+    _, block_size, kvh, _ = k_cache.shape
     check(block_tables.shape[0] == N and seq_lens.shape[0] == N,
           f"block_tables {tuple(block_tables.shape)} and seq_lens {tuple(seq_lens.shape)} must have N={N} rows")
-    check(block_size >= 1, "block_size must be >= 1")
     bound = block_tables.shape[1] * block_size if max_seq_len is None else int(max_seq_len)
     if out is None:
         out = torch.empty_like(q)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from kvlab.kernels.triton_utils import check, check_tensor, dot_in_fp32, next_pow2
+from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_in_fp32, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -120,22 +120,17 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     Returns:
         [T, H, D] in ``q.dtype``.
     """
-    check_tensor("q", q, 3, q.device)
+    check_attention_caches(q, k_cache, v_cache)
     dev = q.device
-    check_tensor("k_cache", k_cache, 4, dev)
-    check_tensor("v_cache", v_cache, 4, dev)
     check_tensor("block_tables", block_tables, 2, dev, (torch.int32,))
     check_tensor("query_start_loc", query_start_loc, 1, dev, (torch.int32,))
     check_tensor("seq_lens", seq_lens, 1, dev, (torch.int32,))
     T, H, D = q.shape
-    _, block_size, kvh, Dk = k_cache.shape
+    _, block_size, kvh, _ = k_cache.shape
     S = seq_lens.shape[0]
-    check(v_cache.shape[1:] == k_cache.shape[1:], f"v_cache shape {tuple(v_cache.shape)} != k_cache {tuple(k_cache.shape)}")
-    check(k_cache.dtype == v_cache.dtype, f"k_cache dtype {k_cache.dtype} != v_cache dtype {v_cache.dtype}")
-    check(Dk == D, f"head_dim of q ({D}) != head_dim of the cache ({Dk})")
-    check(H % kvh == 0, f"query heads ({H}) must be a multiple of kv_heads ({kvh})")
     check(block_tables.shape[0] == S, f"block_tables has {block_tables.shape[0]} rows, seq_lens has {S}")
-    check(query_start_loc.shape[0] == S + 1, f"query_start_loc must have S+1={S + 1} entries, got {query_start_loc.shape[0]}")
+    check(query_start_loc.shape[0] == S + 1,
+          f"query_start_loc must have S+1={S + 1} entries, got {query_start_loc.shape[0]}")
     if out is None:
         out = torch.empty_like(q)
     check(out.shape == q.shape and out.dtype == q.dtype and out.device == dev,

@@ -25,7 +25,7 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     return dtype == torch.float32 or interpreting()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -56,3 +56,18 @@ def check_tensor(name: str, t: torch.Tensor, ndim: int, device: torch.device,
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (>= 1)."""
     return 1 << max(0, (int(n) - 1).bit_length())
+
+
+def check_attention_caches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> None:
+    """Shared launcher checks: q [*, H, D] against one layer's [num_blocks, block_size, kv_heads, D] caches."""
+    dev = q.device
+    check_tensor("q", q, 3, dev)
+    check_tensor("k_cache", k_cache, 4, dev)
+    check_tensor("v_cache", v_cache, 4, dev)
+    check(v_cache.shape[1:] == k_cache.shape[1:],
+          f"v_cache shape {tuple(v_cache.shape)} != k_cache shape {tuple(k_cache.shape)}")
+    check(k_cache.dtype == v_cache.dtype, f"k_cache dtype {k_cache.dtype} != v_cache dtype {v_cache.dtype}")
+    check(k_cache.shape[3] == q.shape[2], f"head_dim of q ({q.shape[2]}) != head_dim of the cache ({k_cache.shape[3]})")
+    check(q.shape[1] % k_cache.shape[2] == 0,
+          f"query heads ({q.shape[1]}) must be a multiple of kv_heads ({k_cache.shape[2]})")
+    check(k_cache.shape[1] >= 1, "block_size must be >= 1")

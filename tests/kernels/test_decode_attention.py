@@ -13,12 +13,12 @@ LENS = [1, 37, 19, 16]  # not multiples of the block size (except one), a one-to
 
 
 def _run(lens, block_size, kvh, group, dtype, layout="shuffled", num_splits=1, head_dim=24, device="cpu",
-         block_n=None):
+         block_n=None, max_seq_len=None):
     case = make_paged(lens, block_size, kvh, head_dim, dtype, layout, device=device)
     q = randn(len(lens), kvh * group, head_dim, dtype=dtype, device=device)
     scale = head_dim ** -0.5
     out = dec.decode_attention(q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens, scale,
-                               num_splits=num_splits, block_n=block_n)
+                               num_splits=num_splits, block_n=block_n, max_seq_len=max_seq_len)
     ref = dec.decode_attention_ref(q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens, scale)
     assert out.dtype == q.dtype and out.shape == q.shape
     assert not out.isnan().any()
@@ -45,6 +45,10 @@ def test_decode_table_layouts(layout):
 def test_decode_split_k_matches(num_splits):
     # tiles of 16 positions so a 37-token context really spans several splits; 7 > needed splits
     _run(LENS, 4, 2, 3, torch.float16, num_splits=num_splits, block_n=16)
+
+
+def test_decode_split_k_with_host_max_seq_len():
+    _run(LENS, 4, 2, 3, torch.float32, num_splits=3, block_n=16, max_seq_len=max(LENS))
 
 
 def test_decode_non_power_of_two_block_and_head_dim():
