@@ -23,17 +23,12 @@ from dataclasses import dataclass
 
 import torch
 from kvlab.kernels.backend import SeqSpan
+from kvlab.kernels.copy_blocks_triton import copy_blocks_triton
 from kvlab.kernels.decode_attention import decode_attention
 from kvlab.kernels.kv_cache import LayerKV
 from kvlab.kernels.metadata import decodes_first, slots_for
 from kvlab.kernels.prefill_attention import prefill_attention
-
-try:  # TEMPORARY until the kernels branch lands these two kernels
-    from kvlab.kernels.copy_blocks_triton import copy_blocks_triton
-    from kvlab.kernels.write_kv_triton import write_kv_triton
-except ImportError:
-    from kvlab.kernels.cache_ops import write_kv as write_kv_triton
-    from kvlab.kernels.kv_cache import torch_copy_blocks as copy_blocks_triton
+from kvlab.kernels.write_kv_triton import write_kv_triton
 
 
 @dataclass

@@ -109,3 +109,21 @@ def test_triton_backend_equals_torch_backend(block_size, group, dtype):
     tol = {"atol": 2e-3, "rtol": 2e-3} if dtype == torch.float16 else {"atol": 1e-5, "rtol": 1e-5}
     torch.testing.assert_close(caches[1], caches[0], atol=0, rtol=0)
     torch.testing.assert_close(outs[1], outs[0], **tol)
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+def test_kv_cache_copy_with_the_triton_kernel_moves_data_and_metadata():
+    from kvlab.kernels import BlockMetadata
+
+    spec = KVSpec(2, 2, 8, 4, torch.float32, (BlockMetadata("scale", (4, 2), torch.float16),))
+    caches = []
+    for copy_fn in (None, get_backend("triton").copy_blocks):
+        cache = KVCache(spec, 6, copy_fn=copy_fn)
+        cache.data.copy_(torch.randn(cache.data.shape, generator=torch.Generator().manual_seed(0)))
+        cache.metadata["scale"].copy_(torch.rand(cache.metadata["scale"].shape,
+                                                 generator=torch.Generator().manual_seed(1)))
+        cache.copy_blocks([(1, 4), (3, 0)])
+        caches.append(cache)
+    assert torch.equal(caches[0].data, caches[1].data)
+    assert torch.equal(caches[0].metadata["scale"], caches[1].metadata["scale"])
+    assert torch.equal(caches[1].data[:, :, 4], caches[1].data[:, :, 1])
