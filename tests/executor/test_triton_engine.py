@@ -32,11 +32,12 @@ def prompts(n: int, shared: int, seed: int = 0) -> list[list[int]]:
 
 
 def greedy_tokens(model: dict, backend: str, allocator: str, opts: dict, block_size: int, device: str,
-                  ids: list[list[int]], new: int, budget: int, backend_obj=None) -> tuple[list[list[int]], int]:
+                  ids: list[list[int]], new: int, budget: int, backend_obj=None,
+                  num_blocks: int = 64) -> tuple[list[list[int]], int]:
     cfg = {
         "model": model, "device": device, "dtype": "float32", "seed": 3,
         "executor": {"name": "torch", "attention_backend": backend, "num_threads": 1, "kv_cache_gib": 0.05},
-        "allocator": {"name": allocator, "block_size": block_size, "num_blocks": 64, **opts},
+        "allocator": {"name": allocator, "block_size": block_size, "num_blocks": num_blocks, **opts},
         "scheduler": {"name": "fcfs", "max_num_batched_tokens": budget, "chunked_prefill": True, "watermark": 0.0},
         "kv": {"max_model_len": model["max_model_len"]},
     }
@@ -87,6 +88,6 @@ def test_real_size_random_llama_triton_equals_torch_on_cuda(allocator, opts):
     model = resolve_model("smollm2-135m") | {"checkpoint": "random", "max_model_len": 2048}
     ids = prompts(16, shared=64, seed=1)
     ids = [p * 8 for p in ids]  # 300-600 tokens: several blocks, split-K decode
-    ref, _ = greedy_tokens(model, "torch", allocator, opts, 16, "cuda", ids, new=24, budget=512)
-    got, _ = greedy_tokens(model, "triton", allocator, opts, 16, "cuda", ids, new=24, budget=512)
+    ref, _ = greedy_tokens(model, "torch", allocator, opts, 16, "cuda", ids, new=24, budget=512, num_blocks=1024)
+    got, _ = greedy_tokens(model, "triton", allocator, opts, 16, "cuda", ids, new=24, budget=512, num_blocks=1024)
     assert got == ref
