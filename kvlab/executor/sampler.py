@@ -215,7 +215,9 @@ class Sampler:
             return {}
         ranks = _draw_ranks(seqs)
         picks: list[torch.Tensor] = []
-        for i, (probs, ids) in dists.items():
+        rows = sorted(dists)  # batch order: the unseeded generator's stream follows it
+        for i in rows:
+            probs, ids = dists[i]
             seq = seqs[i]
             seed = seq.sampling.seed
             u = torch.empty(seq.num_samples)
@@ -227,7 +229,7 @@ class Sampler:
         values = torch.cat(picks).tolist()
         out: dict[int, list[int]] = {}
         pos = 0
-        for i in dists:
+        for i in rows:
             n = seqs[i].num_samples
             out[i] = values[pos:pos + n]
             pos += n
