@@ -9,7 +9,7 @@ and context-length mask of the decode group, and each chunk's block list and cau
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +44,13 @@ class AttentionMetadata:
     decode_context_lens: torch.Tensor | None
     decode_mask: torch.Tensor | None
     chunks: list[ChunkMeta]
+    order: list[int] = field(default_factory=list)  # flat order -> index in the backend's input
+
+
+def decodes_first(seqs: Sequence[tuple[int, int, Sequence[int]]]) -> tuple[list[int], int]:
+    """Flat-batch order putting single-token sequences first (stable), and how many there are."""
+    decodes = [i for i, (_, n, _) in enumerate(seqs) if n == 1]
+    return decodes + [i for i, (_, n, _) in enumerate(seqs) if n != 1], len(decodes)
 
 
 def slots_for(block_table: Sequence[int], start: int, n: int, block_size: int) -> list[int]:

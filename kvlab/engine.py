@@ -147,6 +147,9 @@ class LLMEngine:
             elif req.first_token_time is not None and self.collect_outputs:
                 outputs.append(self.make_output(req))
         self._record_step(out, result.duration_s, result.swap_time_s, now)
+        if result.device_stats:  # sampled GPU readings (torch executor on CUDA)
+            self.step_records[-1].gpu_memory_used_bytes = result.device_stats.get("gpu_memory_used_bytes")
+            self.step_records[-1].gpu_utilization_pct = result.device_stats.get("gpu_utilization_pct")
         return outputs
 
     def _step_input(self, out: SchedulerOutput) -> StepInput:

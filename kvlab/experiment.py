@@ -17,6 +17,7 @@ import pandas as pd
 from kvlab.config_check import as_plain, check_config
 from kvlab.driver import replay
 from kvlab.engine import LLMEngine
+from kvlab.executor.device_monitor import device_metrics
 from kvlab.manifest import model_provenance, write_manifest
 from kvlab.metrics import compute_metrics
 from kvlab.workloads import build_workload
@@ -51,13 +52,15 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
         num_gpus=int(model.get("tensor_parallel", 1) or 1),
         block_bytes=engine.block_bytes, warmup_s=float(wl_cfg.get("warmup_s", 0.0) or 0.0))
     metrics.update(_allocator_counters(engine))
+    monitor = getattr(engine.executor, "monitor", None)  # the torch executor's DeviceMonitor
+    metrics.update(device_metrics(getattr(monitor, "name", None), engine.step_records))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
     pd.DataFrame([r.as_dict() for r in engine.request_records]).to_csv(out / "requests.csv", index=False)
     pd.DataFrame([s.as_dict() for s in engine.step_records]).to_csv(out / "steps.csv", index=False)
     _write_config(cfg, out / "config.yaml")
-    write_manifest(out, cfg, started=started, model=provenance, extra={"entry_point": "kvlab.run"})
+    write_manifest(out, cfg, started=started, model=provenance, extra={"entry_point": "kvlab.run", "device": metrics.get("device")})
     samples = [] if engine.tokenizer is None else _samples(engine)
     return {"metrics": metrics, "engine": engine, "workload": workload, "samples": samples}
 

@@ -37,6 +37,8 @@ class StepRecord:
     logical_blocks: int
     physical_blocks: int
     shared_saved_slots: int
+    gpu_memory_used_bytes: float | None = None  # sampled NVML reading (CUDA only; None = n/a)
+    gpu_utilization_pct: float | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)  # flat fields: a shallow copy (dataclasses.asdict deep-copies, 10x slower)

@@ -73,12 +73,15 @@ class StepOutput:
 
     ``duration_s`` is the time the step took: measured wall time for real executors, the cost
     model's prediction for the simulator. ``swap_time_s`` is the part of it spent copying blocks
-    between CPU and GPU (reported separately for the paper's Fig. 19).
+    between CPU and GPU (reported separately for the paper's Fig. 19). ``device_stats`` is a
+    sampled device reading (``gpu_memory_used_bytes``, ``gpu_utilization_pct``) or None where the
+    executor has none (CPU, simulator).
     """
 
     samples: dict[int, list[Sample]]
     duration_s: float
     swap_time_s: float = 0.0
+    device_stats: dict[str, float] | None = None
 
 
 class Executor(Protocol):

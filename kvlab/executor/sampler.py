@@ -11,6 +11,12 @@ parallel samples at prompt end, or the seq's rank by seq id among the request's 
 so the same seed gives the same text whatever else is in the batch. Unseeded requests draw from
 the executor's generator (seeded once at construction).
 
+Everything runs on the logits' device (CPU or CUDA): index and parameter tensors are built there,
+and a draw is an inverse-CDF lookup of one uniform number in the row's cumulative distribution.
+The uniforms come from CPU generators (a few numbers per step), so a seeded request draws the
+same uniforms on every device. Results leave the device in one transfer per kind (greedy ids,
+drawn ids, chosen logprobs, top alternatives) rather than one per sequence.
+
 ``min_tokens``: while ``sample_index < min_tokens`` the EOS and ``stop_token_ids`` are masked
 out before sampling (the engine could not undo a sampled EOS afterwards).
 """
@@ -54,7 +60,7 @@ def _candidates_k(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     vocab = logits.shape[-1]
     vals, ids = logits.topk(K, dim=-1)
     has_k = top_k > 0
-    pos = torch.arange(K).unsqueeze(0)
+    pos = torch.arange(K, device=logits.device).unsqueeze(0)
     vals = vals.masked_fill(has_k.unsqueeze(-1) & (pos >= top_k.unsqueeze(-1)), float("-inf"))
     # top-p mass is relative to the top-k-filtered distribution, or to the whole row
     lse = torch.where(has_k, vals.logsumexp(-1), logits.logsumexp(-1)).unsqueeze(-1)
@@ -89,6 +95,14 @@ def _seeded(seed: int, sample_index: int, rank: int) -> torch.Generator:
     # A fixed mixing of the three numbers into 63 bits (Python's hash of ints is stable).
     key = (seed * 1_000_003 + sample_index) * 1_000_033 + rank
     return torch.Generator().manual_seed(key & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def _draw(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draws: for each uniform ``u`` [n] in [0, 1), the index i of ``probs`` [V] with
+    cdf[i-1] <= u * total < cdf[i]; zero-probability entries are never picked. On probs' device."""
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[-1]).unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_(max=probs.shape[-1] - 1)
 
 
 def _draw_ranks(seqs: Sequence[ScheduledSeq]) -> list[int]:
@@ -126,10 +140,11 @@ class Sampler:
         """Row -> (probabilities, token ids or None = the whole vocabulary) to draw from."""
         if not rows:
             return {}
-        temps = torch.tensor([seqs[i].sampling.temperature for i in rows]).unsqueeze(-1)
-        sub = logits.index_select(0, torch.tensor(rows)) / temps
-        top_k = torch.tensor([seqs[i].sampling.top_k for i in rows])
-        top_p = torch.tensor([seqs[i].sampling.top_p for i in rows])
+        dev = logits.device
+        temps = torch.tensor([seqs[i].sampling.temperature for i in rows], device=dev).unsqueeze(-1)
+        sub = logits.index_select(0, torch.tensor(rows, device=dev)) / temps
+        top_k = torch.tensor([seqs[i].sampling.top_k for i in rows], device=dev)
+        top_p = torch.tensor([seqs[i].sampling.top_p for i in rows], device=dev)
         filtered = (top_k > 0) | (top_p < 1)
         out: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         plain = (~filtered).nonzero().flatten()
@@ -148,8 +163,9 @@ class Sampler:
 
         Returns ``seq.num_samples`` samples per seq: independent draws, the argmax (greedy,
         repeated if num_samples > 1), or for beam seqs the best tokens in descending logprob.
-        Does not mutate ``logits``.
+        Does not mutate ``logits``; advances the unseeded generator.
         """
+        dev = logits.device
         logits = logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         masked: torch.Tensor | None = None
@@ -166,28 +182,55 @@ class Sampler:
             top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
         random_rows = [i for i, s in enumerate(seqs) if not s.beam and s.sampling.temperature > 0]
         dists = self._distributions(logits, seqs, random_rows)
+        drawn = self._draw_all(seqs, dists)
         greedy = logits.argmax(dim=-1).tolist()
-        ranks = _draw_ranks(seqs)
+        beam_rows = [i for i, s in enumerate(seqs) if s.beam]
+        beams: dict[int, list[int]] = {}
+        if beam_rows:  # sorted: descending logprob
+            k = max(seqs[i].num_samples for i in beam_rows)
+            best = logits.index_select(0, torch.tensor(beam_rows, device=dev)).topk(k, dim=-1).indices.tolist()
+            beams = {i: b[:seqs[i].num_samples] for i, b in zip(beam_rows, best)}
+        tokens = [beams[i] if seq.beam else drawn[i] if i in drawn else [greedy[i]] * seq.num_samples
+                  for i, seq in enumerate(seqs)]
+        flat_rows = [i for i, t in enumerate(tokens) for _ in t]
+        flat_tokens = [x for t in tokens for x in t]
+        chosen = logprobs[torch.tensor(flat_rows, device=dev), torch.tensor(flat_tokens, device=dev)].tolist()
         out: list[list[Sample]] = []
-        for i, seq in enumerate(seqs):
-            n = seq.num_samples
-            if seq.beam:
-                tokens = logits[i].topk(n).indices.tolist()  # sorted: descending logprob
-            elif i in dists:
-                probs, ids = dists[i]
-                tokens = []
-                for j in range(n):
-                    seed = seq.sampling.seed
-                    gen = self.generator if seed is None else _seeded(seed, seq.sample_index, ranks[i] + j)
-                    pick = int(torch.multinomial(probs, 1, generator=gen))
-                    tokens.append(pick if ids is None else int(ids[pick]))
-            else:
-                tokens = [greedy[i]] * n
-            row_lp = logprobs[i, tokens].tolist()
+        pos = 0
+        for i, toks in enumerate(tokens):
+            lps = chosen[pos:pos + len(toks)]
+            pos += len(toks)
             k = want_top[i]
             top = None
             if k and top_vals is not None and top_ids is not None:
                 top = dict(zip(top_ids[i][:k], top_vals[i][:k]))
-            out.append([Sample(t, lp, dict(top) if top is not None else None)
-                        for t, lp in zip(tokens, row_lp)])
+            out.append([Sample(t, lp, dict(top) if top is not None else None) for t, lp in zip(toks, lps)])
+        return out
+
+    def _draw_all(self, seqs: Sequence[ScheduledSeq],
+                  dists: dict[int, tuple[torch.Tensor, torch.Tensor | None]]) -> dict[int, list[int]]:
+        """Row -> drawn token ids: uniforms from the CPU generators, lookups on the device, one
+        transfer for all of them."""
+        if not dists:
+            return {}
+        ranks = _draw_ranks(seqs)
+        picks: list[torch.Tensor] = []
+        rows = sorted(dists)  # batch order: the unseeded generator's stream follows it
+        for i in rows:
+            probs, ids = dists[i]
+            seq = seqs[i]
+            seed = seq.sampling.seed
+            u = torch.empty(seq.num_samples)
+            for j in range(seq.num_samples):
+                gen = self.generator if seed is None else _seeded(seed, seq.sample_index, ranks[i] + j)
+                u[j] = torch.rand(1, generator=gen)
+            idx = _draw(probs, u.to(probs.device))
+            picks.append(idx if ids is None else ids[idx])
+        values = torch.cat(picks).tolist()
+        out: dict[int, list[int]] = {}
+        pos = 0
+        for i in rows:
+            n = seqs[i].num_samples
+            out[i] = values[pos:pos + n]
+            pos += n
         return out

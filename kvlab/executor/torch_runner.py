@@ -1,9 +1,12 @@
 """The real-model executor (``executor=torch``): a Llama-family model over a paged KV cache.
 
 ``execute(step)`` runs, in order: swap-out (device -> CPU pool), swap-in (CPU pool -> device),
-copy-on-write block copies, then ONE forward over the flat mixed batch (decode tokens first,
-then prefill chunks), then sampling of the rows that asked for it. ``duration_s`` is the wall
-time of all of it (``time.perf_counter``, CUDA synchronized); ``swap_time_s`` the swap part.
+copy-on-write block copies (all three are :class:`~kvlab.kernels.kv_cache.KVCache` operations),
+then ONE forward over the flat mixed batch in the order the attention backend chose
+(``executor.attention_backend=auto|torch|triton``, see :mod:`kvlab.kernels.backend`), then
+sampling of the rows that asked for it (on the device). ``duration_s`` is the wall time of all
+of it (``time.perf_counter``, CUDA synchronized); ``swap_time_s`` the swap part. On CUDA each
+step also carries a sampled reading of device memory used and GPU utilization (NVML).
 
 A sequence with ``start_pos > 0`` (a later prefill chunk, a prefix-cache hit, a decode) must
 already have the KV of positions ``0 .. start_pos-1`` in the blocks its table names; the
@@ -21,8 +24,9 @@ import torch
 
 from kvlab.executor import EXECUTORS
 from kvlab.executor.base import ScheduledSeq, StepInput, StepOutput
+from kvlab.executor.device_monitor import DeviceMonitor
 from kvlab.executor.sampler import Sampler
-from kvlab.kernels import build_metadata, copy_blocks, get_backend, swap_blocks
+from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 from kvlab.models.config import resolve_model
 from kvlab.models.linear import make_linear
 from kvlab.models.llama import LlamaModel
@@ -58,13 +62,15 @@ class TorchExecutor:
     checkpoint's first EOS id; None for random weights), ``stop_token_ids`` (every EOS id the
     checkpoint declares), ``tokenizer`` (a Hugging Face tokenizer with chat template, or None
     for random weights), ``device``, ``dtype``, ``model``, ``gemm`` (the matmul path taken:
-    ``native`` or ``upcast``, see :mod:`kvlab.models.linear`).
+    ``native`` or ``upcast``, see :mod:`kvlab.models.linear`), ``attention_backend`` (the resolved
+    backend name), ``kv_cache`` (the :class:`KVCache`, None before ``init_cache``), ``monitor``
+    (:class:`DeviceMonitor`: device name, NVML samples on CUDA).
     """
 
     def __init__(self, model_cfg: Mapping[str, Any], device: str = "auto", dtype: str = "auto",
                  kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.9,
                  seed: int = 0, cpu_kv_gib: float = DEFAULT_CPU_KV_GIB,
-                 attention_backend: str = "torch", num_threads: int | None = None,
+                 attention_backend: str = "auto", num_threads: int | None = None,
                  max_model_len: int | None = None, gemm: str = "auto") -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -73,7 +79,9 @@ class TorchExecutor:
         loaded = load_model(model_cfg, self.device, self.dtype, seed)
         self.arch = loaded.arch
         linear, self.gemm = make_linear(self.device, self.dtype, gemm)
-        self.model = LlamaModel(loaded.arch, loaded.weights, get_backend(attention_backend), linear)
+        self.attention_backend = resolve_backend_name(attention_backend, self.device)
+        self.backend = get_backend(self.attention_backend, self.device)
+        self.model = LlamaModel(loaded.arch, loaded.weights, self.backend, linear)
         self.tokenizer = loaded.tokenizer
         tok_eos = getattr(self.tokenizer, "eos_token_id", None)
         eos_ids = {*loaded.arch.eos_token_ids, *([tok_eos] if tok_eos is not None else [])}
@@ -85,15 +93,18 @@ class TorchExecutor:
         self.cpu_kv_gib = cpu_kv_gib
         self.gpu_memory_utilization = gpu_memory_utilization
         self.sampler = Sampler(self.eos_token_id, seed)
-        self.kv_cache: torch.Tensor | None = None
-        self.cpu_cache: torch.Tensor | None = None
+        self.monitor = DeviceMonitor(self.device)
+        self.kv_cache: KVCache | None = None
         self.block_size = 0
 
     # -- memory --------------------------------------------------------------------------
-    def kv_bytes_per_block(self, block_size: int) -> int:
-        """Bytes of K and V for ``block_size`` tokens across all layers."""
+    def kv_spec(self, block_size: int) -> KVSpec:
         a = self.arch
-        return a.num_layers * 2 * block_size * a.num_kv_heads * a.head_dim * self.dtype.itemsize
+        return KVSpec(a.num_layers, a.num_kv_heads, a.head_dim, block_size, self.dtype)
+
+    def kv_bytes_per_block(self, block_size: int) -> int:
+        """Bytes one block of ``block_size`` tokens costs (:attr:`KVSpec.bytes_per_block`)."""
+        return self.kv_spec(block_size).bytes_per_block
 
     def kv_budget_bytes(self) -> int:
         """KV bytes allowed: ``kv_cache_gib`` if set; on CPU ``cpu_kv_gib``; on CUDA total x
@@ -113,17 +124,11 @@ class TorchExecutor:
         return self.kv_budget_bytes() // self.kv_bytes_per_block(block_size)
 
     def init_cache(self, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int) -> None:
-        """Allocate zeroed caches [layers, 2, blocks, block_size, kv_heads, head_dim] on the device
-        and (for swapping) on the CPU, pinned when the device is CUDA. Replaces earlier caches."""
-        a = self.arch
-        shape = (a.num_layers, 2, 0, block_size, a.num_kv_heads, a.head_dim)
+        """Allocate the :class:`KVCache` (device pool + CPU swap pool, pinned on CUDA). Replaces
+        an earlier cache."""
         self.kv_cache = None  # free the old cache before allocating the new one
-        # Zeros, not empty: padded decode slots are masked, but NaN garbage would survive 0 * NaN.
-        self.kv_cache = torch.zeros(*shape[:2], num_gpu_blocks, *shape[3:], dtype=self.dtype,
-                                    device=self.device)
-        pin = self.device.type == "cuda" and num_cpu_blocks > 0
-        self.cpu_cache = torch.zeros(*shape[:2], num_cpu_blocks, *shape[3:], dtype=self.dtype,
-                                     pin_memory=pin)
+        self.kv_cache = KVCache(self.kv_spec(block_size), num_gpu_blocks, num_cpu_blocks, self.device,
+                                copy_fn=getattr(self.backend, "copy_blocks", None))
         self.block_size = block_size
 
     # -- one step ------------------------------------------------------------------------
@@ -132,15 +137,16 @@ class TorchExecutor:
             torch.cuda.synchronize(self.device)
 
     def _run_block_ops(self, step: StepInput) -> float:
-        assert self.kv_cache is not None and self.cpu_cache is not None
+        cache = self.kv_cache
+        assert cache is not None
         swap_s = 0.0
         if step.blocks_to_swap_out or step.blocks_to_swap_in:
             t = time.perf_counter()
-            swap_blocks(self.kv_cache, self.cpu_cache, step.blocks_to_swap_out)
-            swap_blocks(self.cpu_cache, self.kv_cache, step.blocks_to_swap_in)
+            cache.swap_out(step.blocks_to_swap_out)
+            cache.swap_in(step.blocks_to_swap_in)
             self._sync()
             swap_s = time.perf_counter() - t
-        copy_blocks(self.kv_cache, step.blocks_to_copy)
+        cache.copy_blocks(step.blocks_to_copy)
         return swap_s
 
     @torch.inference_mode()
@@ -156,32 +162,29 @@ class TorchExecutor:
                 raise ValueError(
                     f"seq {s.seq_id}: context {s.context_len} > max_model_len {self.max_model_len}"
                 )
-        decodes = [s for s in seqs if len(s.token_ids) == 1]
-        ordered = decodes + [s for s in seqs if len(s.token_ids) > 1]
         samples: dict[int, list] = {s.seq_id: [] for s in step.seqs}
-        if ordered:
-            logits, sampled = self._forward(ordered, len(decodes))
+        if seqs:
+            logits, sampled = self._forward(seqs)
             if sampled:
                 for seq, out in zip(sampled, self.sampler.sample(logits, sampled)):
                     samples[seq.seq_id] = out
         self._sync()
-        return StepOutput(samples, time.perf_counter() - t0, swap_s)
+        return StepOutput(samples, time.perf_counter() - t0, swap_s, self.monitor.sample())
 
-    def _forward(self, ordered: list[ScheduledSeq],
-                 num_decodes: int) -> tuple[torch.Tensor, list[ScheduledSeq]]:
+    def _forward(self, seqs: list[ScheduledSeq]) -> tuple[torch.Tensor, list[ScheduledSeq]]:
+        dev = self.device
+        meta = self.backend.build_metadata([(s.start_pos, len(s.token_ids), s.block_table) for s in seqs],
+                                           self.block_size, dev)
         ids: list[int] = []
         positions: list[int] = []
         rows: list[int] = []
         sampled: list[ScheduledSeq] = []
-        for s in ordered:
+        for s in (seqs[i] for i in meta.order):
             ids.extend(s.token_ids)
             positions.extend(range(s.start_pos, s.context_len))
             if s.num_samples > 0:
                 rows.append(len(ids) - 1)
                 sampled.append(s)
-        dev = self.device
-        meta = build_metadata([(s.start_pos, len(s.token_ids), s.block_table) for s in ordered],
-                              num_decodes, self.block_size, dev)
         logits = self.model.forward(
             torch.tensor(ids, dtype=torch.long, device=dev),
             torch.tensor(positions, dtype=torch.long, device=dev),
@@ -216,7 +219,7 @@ def build_torch_executor(cfg: Mapping[str, Any]) -> TorchExecutor:
         gpu_memory_utilization=float(kv.get("gpu_memory_utilization", 0.9)),
         seed=int(cfg.get("seed", 0)),
         cpu_kv_gib=float(kv.get("cpu_kv_gib") or ex.get("cpu_kv_gib") or DEFAULT_CPU_KV_GIB),
-        attention_backend=str(ex.get("attention_backend", "torch")),
+        attention_backend=str(ex.get("attention_backend", "auto")),
         num_threads=ex.get("num_threads"),
         max_model_len=kv.get("max_model_len"),
         gemm=str(ex.get("gemm", "auto")),

@@ -2,17 +2,21 @@
 
 One call runs a FLAT mixed batch — the concatenation of every scheduled sequence's new tokens
 (decode tokens and prefill chunks alike, no padding) — with per-token positions. Per layer:
-fused qkv matmul over all tokens, RoPE, write all new K/V into the paged cache, then attention
-through the backend (:mod:`kvlab.kernels`) reading each sequence's context by its block table;
-then a fused gate/up SwiGLU MLP. Only the rows that sample go through the final norm and lm_head.
+fused qkv matmul over all tokens, RoPE, then the attention backend (:mod:`kvlab.kernels.backend`)
+writes the new K/V into the layer's slice of the :class:`~kvlab.kernels.kv_cache.KVCache` and
+attends through each sequence's block table; then a fused gate/up SwiGLU MLP. Only the rows that
+sample go through the final norm and lm_head. The flat order of the tokens is the backend's
+(``meta.order``); the model only follows it.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from kvlab.kernels import AttentionBackend, AttentionMetadata, get_backend
+from kvlab.kernels import AttentionBackend, KVCache, get_backend
 from kvlab.models.config import ArchConfig
 from kvlab.models.linear import LinearFn
 from kvlab.models.rope import RotaryEmbedding
@@ -52,15 +56,14 @@ class LlamaModel:
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), weight, self.arch.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
-                meta: AttentionMetadata, logit_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: KVCache,
+                meta: Any, logit_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run the flat batch and return fp32 logits.
 
         Args:
             input_ids, positions: [tokens] long, flat order as described by ``meta``.
-            kv_cache: [num_layers, 2, num_blocks, block_size, kv_heads, head_dim]; the new
-                tokens' K/V are written into it (mutated in place).
-            meta: per-step attention metadata (slot mapping, block tables, masks).
+            kv_cache: the KV cache; the new tokens' K/V are written into it (mutated in place).
+            meta: this step's metadata, built by ``self.backend.build_metadata``.
             logit_rows: flat token indices whose logits are wanted; None = every token.
 
         Returns:
@@ -77,9 +80,9 @@ class LlamaModel:
             q = self.rope.apply(q.view(T, a.num_heads, a.head_dim), cos, sin)
             k = self.rope.apply(k.view(T, a.num_kv_heads, a.head_dim), cos, sin)
             v = v.view(T, a.num_kv_heads, a.head_dim)
-            k_cache, v_cache = kv_cache[i, 0], kv_cache[i, 1]
-            self.backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-            o = self.backend.paged_attention(q, k_cache, v_cache, meta, self.scale)
+            layer = kv_cache.layers[i]
+            self.backend.write_kv(layer, k, v, meta)
+            o = self.backend.forward(layer, q, meta, self.scale)
             x = x + self.linear(o.reshape(T, self.q_size).to(x.dtype), w["o"])
             h = self._rms_norm(x, w["mlp_norm"])
             gate, up = self.linear(h, w["gate_up"]).chunk(2, dim=-1)

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from kvlab.kv_format import kv_bytes_per_token as _kv_bytes_per_token
+
 ARCHS = ("opt", "llama")
 # Keys a conf/model yaml may carry that the shape does not use (owned by the real model loader).
 _IGNORED_KEYS = frozenset({"checkpoint", "rope_theta"})
@@ -129,8 +131,9 @@ class ModelShape:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """K and V for one token, all layers, whole model: 2 x layers x kv_heads x head_dim x dtype."""
-        return 2 * self.num_layers * self.kv_dim * self.dtype_bytes
+        """K and V for one token, all layers, whole model (:func:`kvlab.kv_format.kv_bytes_per_token`,
+        the formula the real KV cache uses too)."""
+        return _kv_bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, self.dtype_bytes)
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> int:

@@ -34,7 +34,7 @@ def test_swap_out_and_in_to_other_blocks_preserves_the_sequence(executor, prompt
     executor.init_cache(12, 4, 16)
     prefill(executor, ids, [5, 2, 7])
     executor.execute(StepInput([], blocks_to_swap_out=[(5, 0), (2, 3)]))
-    executor.kv_cache[:, :, [5, 2]] = 0.0  # the blocks get reused by someone else meanwhile
+    executor.kv_cache.data[:, :, [5, 2]] = 0.0  # the blocks get reused by someone else meanwhile
     got = decode(executor, tok, len(ids), [9, 4, 7], blocks_to_swap_in=[(0, 9), (3, 4)])
     assert got[:2] == pytest.approx(ref[:2]) and got[2] > 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kvlab.kernels import build_metadata
+from kvlab.kernels import KVCache, KVSpec, build_metadata
 
 from kvlab.models import linear as lin
 from kvlab.models.linear import TiledUpcastLinear, make_linear
@@ -67,7 +67,7 @@ def test_bf16_model_through_upcast_is_as_close_to_fp32_as_native(smol_cfg, execu
         meta = build_metadata([(0, len(ids), list(range(8)))], 0, 16, CPU)
         for name, model in models.items():
             a = model.arch
-            cache = torch.zeros(a.num_layers, 2, 8, 16, a.num_kv_heads, a.head_dim, dtype=model.dtype)
+            cache = KVCache(KVSpec(a.num_layers, a.num_kv_heads, a.head_dim, 16, model.dtype), 8)
             with torch.inference_mode():
                 out[name].append(model.forward(torch.tensor(ids), torch.arange(len(ids)), cache, meta))
     ref, native, upcast = (torch.cat(out[k]) for k in ("fp32", "native", "upcast"))
