@@ -38,9 +38,11 @@ METHOD = ("per grid point: median of repeats after warm-up, shuffled order per p
 
 
 def executor_overrides(model: str, dtype: str, device: str, threads: int, extra: list[str] | None = None) -> list[str]:
-    """Hydra overrides of the profiled real executor (``extra``: e.g. ``model.checkpoint=random``)."""
+    """Hydra overrides of the profiled real executor (``extra``: e.g. ``model.checkpoint=random``).
+    No CPU swap pool (``kv.swap_space_gib=0``): allocating it costs seconds per engine and the
+    held-out runs preempt by recompute."""
     return ["executor=torch", f"model={model}", f"dtype={dtype}", f"device={device}",
-            f"executor.num_threads={threads}", "show_progress=false", *(extra or [])]
+            f"executor.num_threads={threads}", "kv.swap_space_gib=0", "show_progress=false", *(extra or [])]
 
 
 def build_real_executor(overrides: list[str]) -> Any:

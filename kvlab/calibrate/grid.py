@@ -5,7 +5,8 @@ Each :class:`GridPoint` is one step shape: decode sequences (their contexts), mu
 grid varies each feature of :mod:`kvlab.executor.cost_calibrated` on its own (decode count x
 context, uneven decode contexts so the padding term is separable, prompt chunks from position 0,
 later chunks of a long prompt, mixed decode + prefill steps, two block sizes), so the NNLS fit
-can tell the terms apart.
+can tell the terms apart. Two decode shapes sample nothing: in a real run every decode samples,
+so without them the per-decode cost and the lm head + sampler cost would be one inseparable term.
 
 Measurement: one untimed warm-up pass over every point, then ``repeats`` passes, each over the
 points in a fresh random order (so a burst of load from other processes spreads over many points
@@ -35,6 +36,7 @@ class GridPoint:
     decodes: tuple[int, ...] = ()
     chunks: tuple[tuple[int, int, bool], ...] = ()
     block_size: int = 16
+    decode_samples: bool = True  # False: decodes that sample nothing (separates the lm head + sampler term)
 
     def blocks_needed(self) -> int:
         b = self.block_size
@@ -45,8 +47,8 @@ class GridPoint:
         seqs, nxt, b = [], 0, self.block_size
         for i, ctx in enumerate(self.decodes):
             nb = -(-(ctx + 1) // b)
-            seqs.append(ScheduledSeq(i, f"d{i}", [5 + i % 97], ctx, list(range(nxt, nxt + nb)), 1, sampling,
-                                     sample_index=ctx))
+            seqs.append(ScheduledSeq(i, f"d{i}", [5 + i % 97], ctx, list(range(nxt, nxt + nb)),
+                                     1 if self.decode_samples else 0, sampling, sample_index=ctx))
             nxt += nb
         for j, (n, start, sampled) in enumerate(self.chunks):
             nb = -(-(n + start) // b)
@@ -77,6 +79,7 @@ def design(quick: bool = False) -> list[GridPoint]:
     pts.append(GridPoint("prefill4x48", chunks=((48, 0, True),) * 4))
     pts.append(GridPoint("chunk128@512", chunks=((128, 512, True),)))
     pts.append(GridPoint("mixed8x200+prefill128", (200,) * 8, ((128, 0, True),)))
+    pts.append(GridPoint("decode16x128-nosample", (128,) * 16, decode_samples=False))
     if quick:
         return pts
     pts += [
@@ -86,6 +89,7 @@ def design(quick: bool = False) -> list[GridPoint]:
         GridPoint("chunk256@768", chunks=((256, 768, True),)),
         GridPoint("mixed16x100+chunk64@192", (100,) * 16, ((64, 192, False),)),
         GridPoint("mixed4x400+prefill32x3", (400,) * 4, ((32, 0, True),) * 3),
+        GridPoint("decode4x512-nosample", (512,) * 4, decode_samples=False),
         GridPoint("b32-decode12x256", (256,) * 12, block_size=32),
         GridPoint("b32-mixed4x128+prefill96", (128,) * 4, ((96, 0, True),), block_size=32),
     ]

@@ -67,8 +67,13 @@ def gpu_fingerprint(device_index: int = 0) -> dict[str, Any]:
 
 
 def fingerprint(device: str = "cpu") -> dict[str, Any]:
-    """The fingerprint of ``device`` ("cpu" or "cuda") on this machine."""
-    return gpu_fingerprint() if device.startswith("cuda") else cpu_fingerprint()
+    """The fingerprint of ``device`` ("cpu" or "cuda") on this machine; a CUDA request on a
+    machine without CUDA gets ``{"device": "no CUDA device"}`` (so a GPU profile mismatches)."""
+    if not device.startswith("cuda"):
+        return cpu_fingerprint()
+    import torch
+
+    return gpu_fingerprint() if torch.cuda.is_available() else {"device": "no CUDA device"}
 
 
 def mismatches(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -37,10 +37,9 @@ def _uniform(n: int, p: tuple[int, int], o: tuple[int, int], seed: int) -> list[
 def workloads(quick: bool) -> list[tuple[str, list[str], float | None]]:
     """(name, overrides, rate as a multiple of the predicted saturated throughput or None=offline)."""
     k = 1 if quick else 2  # size factor
-    base = _uniform(10 * k, (24, 200), (16, 48 * k), 101)
-    rows = [("offline batch", base, None),
-            ("poisson 0.5x saturation", _uniform(10 * k, (16, 160), (16, 40 * k), 202), 0.5),
-            ("poisson 2x saturation", _uniform(12 * k, (16, 160), (16, 40 * k), 303), 2.0)]
+    rows = [("offline batch", _uniform(10 * k, (24, 200), (16, 48 * k), 101), None),
+            ("poisson 0.5x saturation", _uniform(8 * k, (16, 160), (16, 40 * k), 202), 0.5),
+            ("poisson 2x saturation", _uniform(10 * k, (16, 160), (16, 40 * k), 303), 2.0)]
     if quick:
         return rows
     rows += [
@@ -83,7 +82,7 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     real_ov = executor_overrides(model, prof["dtype"], device, int(prof["threads"]), extra)
     sim_ov = ["executor=sim", "hardware=calibrated", f"hardware.profile={prof['path']}", f"model={model}",
               f"model.dtype_bytes={prof['dtype_bytes']}", f"hardware.force={str(force).lower()}",
-              "show_progress=false", *extra]
+              "kv.swap_space_gib=0", "show_progress=false", *extra]
     if executor is None:
         log("loading the model on the real executor ...")
         executor = build_real_executor(real_ov)
