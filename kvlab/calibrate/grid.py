@@ -116,7 +116,8 @@ def measure(executor: object, points: list[GridPoint], repeats: int, *, warmup: 
     """Time ``executor.execute`` on every point (warm-up, then ``repeats`` shuffled passes).
 
     ``executor`` must have ``init_cache`` and ``execute`` (the torch executor; a synthetic one in
-    tests). The cache is re-initialised for each block size. Returns one :class:`Measured` per point.
+    tests). Every pass visits the block sizes in a fresh order, re-initialising the cache for each.
+    Returns one :class:`Measured` per point.
     """
     sampling = SamplingParams(max_tokens=1 << 20, temperature=1.0)
     out = {p.name: Measured(p) for p in points}
@@ -125,10 +126,13 @@ def measure(executor: object, points: list[GridPoint], repeats: int, *, warmup: 
         by_bs.setdefault(p.block_size, []).append(p)
     total, done = len(points) * (warmup + repeats), 0
     rng = random.Random(seed)
-    for bs, group in sorted(by_bs.items()):
-        executor.init_cache(max(p.blocks_needed() for p in group) + 1, 0, bs)  # type: ignore[attr-defined]
-        steps = {p.name: p.step(sampling) for p in group}
-        for r in range(warmup + repeats):
+    steps = {p.name: p.step(sampling) for p in points}
+    sizes = sorted(by_bs)
+    for r in range(warmup + repeats):
+        rng.shuffle(sizes)  # block sizes alternate across passes, so load drift does not follow the block size
+        for bs in sizes:
+            group = by_bs[bs]
+            executor.init_cache(max(p.blocks_needed() for p in group) + 1, 0, bs)  # type: ignore[attr-defined]
             order = list(group)
             rng.shuffle(order)
             for p in order:

@@ -133,6 +133,8 @@ def section(root: Path = ROOT) -> list[str]:
         return []
     t = pd.read_csv(path, dtype={"era_bound": str, "roofline_bound": str}).fillna(
         {"era_bound": "", "roofline_bound": "", "note": ""})
+    order = {s: i for i, s in enumerate(("ft", "orca_max", "orca_pow2", "orca_oracle", "vllm"))}
+    t = t.sort_values(["panel", "system"], key=lambda c: c.map(order) if c.name == "system" else c)
     fitted = json.loads(fitp.read_text())["engine_step_overhead_us"] if fitp.exists() else float("nan")
     show = pd.DataFrame({
         "panel": t["panel"], "system": t["system"],
@@ -147,6 +149,8 @@ def section(root: Path = ROOT) -> list[str]:
     within = int((err.abs() <= 25).sum())
     misses = ", ".join(f"({r.panel}) {r.system} {r.era_error_pct:+.0f}%" for r in t.itertuples()
                        if r.era_error_pct == r.era_error_pct and abs(r.era_error_pct) > 25)
+    a = t[t["panel"] == "a"]["era_error_pct"].abs()
+    rest = t[t["panel"] != "a"]["era_error_pct"]
     return ["### Paper-era mode: the 2023 engine's host overheads, one fitted point", "",
             "The tables above are the **datasheet roofline** mode (the default). In **paper-era** mode "
             "(`+experiment/era=paper2023`, `kvlab/paperlib/era.py`, docs/simulator.md) every step also pays "
@@ -160,8 +164,15 @@ def section(root: Path = ROOT) -> list[str]:
             "Reproduce: `python -m kvlab.paperlib.era` (results/paper/era2023/).", "",
             *lines, "",
             f"Paper-era capacities within 25% of the paper's digitized value: **{within} of {len(err)}** "
-            f"bracketed crossings (median |error| {err.abs().median():.0f}%)."
-            + (f" Misses: {misses}." if misses else ""), ""]
+            f"(median |error| {err.abs().median():.0f}%)." + (f" Misses: {misses}." if misses else ""), "",
+            f"Panel (a) — one GPU, ShareGPT, the panel of the fitted latency point — lands within "
+            f"{a.max():.0f}% for all five systems, so one per-step term explains the 13B engine. It does not "
+            f"transfer: the other panels are over-predicted (median {rest.median():+.0f}%), most on multiple "
+            "GPUs (b, c, e, f) and on Alpaca (d, e, f). The 2023 engine's overheads evidently grew with the "
+            "tensor-parallel degree (per-step work on every worker) and with the batch (Alpaca batches are "
+            "~100+ sequences), which one point on one GPU cannot fit; adding such terms would need more "
+            "published points, i.e. fitting to the figures being reproduced, which this mode refuses. The "
+            "issue's target (every panel within 25%) is NOT met.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:
