@@ -4,12 +4,21 @@ A :class:`HardwareProfile` is loaded from ``conf/hardware/<name>.yaml``. The YAM
 datasheets print (TFLOP/s, GB/s with GB = 1e9 B, GiB for memory, µs/ns for latencies); this
 module converts everything to SI (FLOP/s, bytes/s, bytes, seconds). Every constant's source is
 written beside it in the YAML; none is fitted to the vLLM paper's figures.
+
+Two optional extensions, both documented in ``docs/simulator.md``:
+
+* ``hardware=calibrated hardware.profile=PATH [hardware.force=true]``: the constants and a
+  fitted step-time model come from a profile file written by ``python -m kvlab.calibrate``
+  (:mod:`kvlab.calibrate.profile`); the simulator checks its provenance (machine, model, dtype).
+* ``engine_step_overhead_us`` / ``engine_per_seq_us``: host overheads of the serving engine
+  outside the forward pass (0 in the datasheet roofline mode; the paper-era mode,
+  ``conf/experiment/era/paper2023.yaml``, sets them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 GIB = 1 << 30
@@ -35,7 +44,10 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
     "dram_latency_ns": ("dram_latency_s", 1e-9, True),
     "max_resident_warps": ("max_resident_warps", 1.0, True),
     "price_per_gpu_hour": ("price_per_gpu_hour", 1.0, True),
+    "engine_step_overhead_us": ("engine_step_overhead_s", 1e-6, False),
+    "engine_per_seq_us": ("engine_per_seq_s", 1e-6, False),
 }
+_PROFILE_KEYS = ("profile", "force")  # hardware=calibrated: the profile file, and skip its provenance check
 _FRACTIONS = ("flop_efficiency", "bw_efficiency", "pcie_efficiency", "interconnect_efficiency")
 
 
@@ -68,10 +80,20 @@ class HardwareProfile:
     dram_latency_s: float
     max_resident_warps: float
     price_per_gpu_hour: float
+    engine_step_overhead_s: float = 0.0
+    engine_per_seq_s: float = 0.0
+    calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
+    force: bool = False
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
-        """Build from a ``conf/hardware/*.yaml`` mapping; raise ``ValueError`` naming a bad key."""
+        """Build from a ``conf/hardware/*.yaml`` mapping; raise ``ValueError`` naming a bad key.
+
+        With ``profile`` set (``hardware=calibrated``) the constants come from that calibration
+        profile and ``calibration`` holds it; the simulator checks its provenance.
+        """
+        if "profile" in cfg:
+            return cls._from_profile(cfg)
         allowed = set(_KEYS) | {"name"}
         unknown = sorted(set(cfg) - allowed)
         if unknown:
@@ -95,6 +117,29 @@ class HardwareProfile:
         profile = cls(**kwargs)
         profile.validate()
         return profile
+
+    @classmethod
+    def _from_profile(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
+        from kvlab.calibrate.profile import load_profile
+
+        allowed = set(_PROFILE_KEYS) | {"name"} | {k for k in _KEYS if k.startswith("engine_")}
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ValueError(f"hardware={cfg.get('name')}: unknown key(s) {unknown}; known: {sorted(allowed)} "
+                             "(the other constants come from the profile file)")
+        path = cfg.get("profile")
+        if not path:
+            raise ValueError("hardware=calibrated needs hardware.profile=PATH, a file written by "
+                             "`python -m kvlab.calibrate` (it ends with the line 'profile: PATH')")
+        force = cfg.get("force", False)
+        if not isinstance(force, bool):
+            raise ValueError(f"hardware.force must be true or false, got {force!r}")
+        prof = load_profile(str(path))
+        base = {**prof["hardware"], "name": str(cfg.get("name") or "calibrated")}
+        base.update({k: cfg[k] for k in cfg if k.startswith("engine_") and cfg[k] is not None})
+        hw = cls.from_config(base)
+        return cls(**{**{f: getattr(hw, f) for f in hw.__dataclass_fields__}, "calibration": prof,
+                      "force": force})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range constant."""

@@ -80,18 +80,23 @@ class CostModel:
         else:
             self.allreduce_s_per_token = self.allreduce_fixed_s = 0.0
         self.step_overhead_s = hw.step_overhead_s
+        # Serving-engine host work outside the forward (0 in the datasheet roofline mode; the
+        # paper-era mode sets it, see docs/simulator.md "Paper-era mode").
+        self.engine_step_s = hw.engine_step_overhead_s
+        self.engine_per_seq_s = hw.engine_per_seq_s
         # Swap: vLLM keeps one K and one V tensor per layer, and copies block by block, so one
         # block is 2 x layers cudaMemcpyAsync calls of block_size x kv_heads x head_dim x dtype.
         self.copies_per_block = 2 * layers
         self.block_bytes = block_size * self.kv_bytes_per_token
 
     def step_time(self, num_tokens: int, attn_pairs: int, cached_tokens_read: int,
-                  blocks_gathered: int, num_logit_rows: int) -> float:
-        """Seconds for one forward on one GPU of the TP group (all GPUs run in lockstep).
+                  blocks_gathered: int, num_logit_rows: int, num_seqs: int = 0) -> float:
+        """Seconds for one step on one GPU of the TP group (all GPUs run in lockstep).
 
         ``attn_pairs``: (query, key) pairs over the batch; ``cached_tokens_read``: KV tokens read
         from the cache; ``blocks_gathered``: blocks read through block tables;
-        ``num_logit_rows``: positions whose logits are computed (sampled sequences).
+        ``num_logit_rows``: positions whose logits are computed (sampled sequences);
+        ``num_seqs``: sequences in the step (for the engine's per-sequence host overhead).
         """
         if num_tokens <= 0:
             return 0.0
@@ -102,7 +107,8 @@ class CostModel:
         memory_s = moved / self.bandwidth + blocks_gathered * self.gathers_per_block * self.gather_cost_s
         gpu_s = max(flops / self.flops, memory_s, self.launch_floor_s)
         comm_s = self.allreduce_fixed_s + self.allreduce_s_per_token * num_tokens
-        return gpu_s + comm_s + self.step_overhead_s
+        host_s = self.engine_step_s + self.engine_per_seq_s * num_seqs
+        return gpu_s + comm_s + self.step_overhead_s + host_s
 
     def prefill_time(self, num_tokens: int) -> float:
         """One sequence's prompt of ``num_tokens`` from scratch (the paper's recompute cost)."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from kvlab.executor import EXECUTORS
 from kvlab.executor.base import Sample, ScheduledSeq, StepInput, StepOutput
+from kvlab.executor.cost_calibrated import CalibratedCostModel
 from kvlab.executor.cost_model import (
     KERNELS_PER_LAYER,
     PAPER_MAX_NUM_BATCHED_TOKENS,
@@ -69,7 +70,24 @@ class SimExecutor:
         self._capacity_tokens = kv_capacity_tokens(shape, hw, gpu_memory_utilization,
                                                    max_num_batched_tokens, workspace_bytes)
         self._cost: CostModel | None = None
+        self.calibrated: CalibratedCostModel | None = None
+        self.provenance_problems: list[str] = []
+        if hw.calibration is not None:
+            self._use_profile(hw.calibration, hw.force)
         self.num_gpu_blocks = self.num_cpu_blocks = 0
+
+    def _use_profile(self, prof: dict[str, Any], force: bool) -> None:
+        """``hardware=calibrated``: refuse a profile of another machine/model/dtype (unless
+        ``force``), predict steps with its fitted model, and size KV as the profiled executor did."""
+        from kvlab.calibrate.profile import check_provenance
+
+        self.provenance_problems = check_provenance(prof, model=self.shape.name,
+                                                    dtype_bytes=self.shape.dtype_bytes, force=force)
+        self.calibrated = CalibratedCostModel(
+            {k: float(v["value"]) for k, v in prof["coefficients"].items()},
+            {k: float(v["value"]) for k, v in prof["host_overhead"].items()})
+        if prof.get("kv_budget_bytes"):
+            self._capacity_tokens = int(prof["kv_budget_bytes"]) // self.shape.kv_bytes_per_token_per_gpu
 
     # ---- memory -------------------------------------------------------------------------
     def kv_capacity_blocks(self, block_size: int) -> int:
@@ -110,12 +128,15 @@ class SimExecutor:
         if cost is None:
             raise RuntimeError("SimExecutor.execute called before init_cache()")
         bsz = cost.block_size
-        tokens = pairs = cached = gathered = logits = 0
+        if self.calibrated is not None:
+            return self._execute_calibrated(step, cost)
+        tokens = pairs = cached = gathered = logits = nseq = 0
         samples: dict[int, list[Sample]] = {}
         for s in step.seqs:
             n = len(s.token_ids)
             start = s.start_pos
             tokens += n
+            nseq += n > 0
             pairs += n * start + n * (n + 1) // 2
             if start:
                 cached += start
@@ -126,8 +147,17 @@ class SimExecutor:
             else:
                 samples[s.seq_id] = []
         swap_s = cost.swap_time(len(step.blocks_to_swap_out)) + cost.swap_time(len(step.blocks_to_swap_in))
-        duration = (cost.step_time(tokens, pairs, cached, gathered, logits) + swap_s
+        duration = (cost.step_time(tokens, pairs, cached, gathered, logits, nseq) + swap_s
                     + cost.copy_time(len(step.blocks_to_copy)))
+        return StepOutput(samples=samples, duration_s=duration, swap_time_s=swap_s)
+
+    def _execute_calibrated(self, step: StepInput, cost: CostModel) -> StepOutput:
+        """The step on the fitted model of the profiled executor (execute + engine host time);
+        swaps and copies keep the profile's bandwidth constants."""
+        assert self.calibrated is not None
+        samples = {s.seq_id: (self._sample(s) if s.num_samples > 0 else []) for s in step.seqs}
+        swap_s = cost.swap_time(len(step.blocks_to_swap_out)) + cost.swap_time(len(step.blocks_to_swap_in))
+        duration = self.calibrated.step_time(step.seqs) + swap_s + cost.copy_time(len(step.blocks_to_copy))
         return StepOutput(samples=samples, duration_s=duration, swap_time_s=swap_s)
 
     def _draws(self, k: int) -> tuple[list[int], list[float]]:

@@ -169,6 +169,9 @@ def build(root: Path, t: dict[str, pd.DataFrame], mode: str, seconds: float, fig
               "threshold capacities as upper estimates and the X ratios as the trace-length-stable "
               "comparison; a closer match to the paper's hour-long curves needs longer traces than this "
               "machine's 60-minute budget allows for every panel.", ""]
+    from kvlab.paperlib.era import section as era_section
+
+    L += era_section() if mode == "full" else []
     # Fig 13
     f13 = t["fig13"].copy()
     f13["system"] = f13["system"].map(_label)

@@ -1,0 +1,59 @@
+"""``python -m kvlab.calibrate [--quick] [--out PATH]`` and ``python -m kvlab.calibrate --validate PATH``.
+
+Calibrate: profiles the real executor on this machine, fits the simulator's calibrated cost
+model and writes a profile; the last line printed is ``profile: PATH``. Validate: runs held-out
+workloads through the real executor and the calibrated simulator and writes the error table; the
+last line printed is ``validation: PATH`` (a CSV beside the profile unless ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m kvlab.calibrate", description=__doc__.splitlines()[0])
+    ap.add_argument("--validate", metavar="PROFILE", type=Path, default=None,
+                    help="validate this profile on held-out workloads instead of calibrating")
+    ap.add_argument("--quick", action="store_true", help="small grid / fewer workloads (about a minute)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="profile path (calibrate) or table CSV (validate); default under results/calibration/")
+    ap.add_argument("--model", default="smollm2-135m", help="conf/model name with weights (default smollm2-135m)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per grid point (default 4; quick 2)")
+    ap.add_argument("--base-hardware", default=None,
+                    help="conf/hardware yaml for swap/copy constants (default cpu; required on cuda)")
+    ap.add_argument("--force", action="store_true", help="validate: accept a profile from another machine")
+    ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
+                         "e.g. --override model.checkpoint=random")
+    args = ap.parse_args(argv)
+    try:
+        if args.validate is not None:
+            from kvlab.calibrate.validate import markdown, validate
+
+            out = args.out or args.validate.with_name(args.validate.stem + ("-validation-quick.csv" if args.quick
+                                                                             else "-validation.csv"))
+            table = validate(args.validate, quick=args.quick, force=args.force, out_csv=out)
+            print(markdown(table))
+            print(f"load average during validation: {table.attrs['load_average']}")
+            print(f"validation: {out}", flush=True)
+            return 0
+        from kvlab.calibrate.calibrate import calibrate
+
+        path = calibrate(model=args.model, dtype=args.dtype, device=args.device, threads=args.threads,
+                         quick=args.quick, repeats=args.repeats, out=args.out, base_hardware=args.base_hardware,
+                         extra=args.override)
+        print(f"profile: {path}", flush=True)
+        return 0
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

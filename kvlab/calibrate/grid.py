@@ -1,0 +1,145 @@
+"""The designed grid of batch shapes, and timing the real executor on it.
+
+Each :class:`GridPoint` is one step shape: decode sequences (their contexts), multi-token chunks
+(length, start position, whether the chunk ends its prompt and samples) and the block size. The
+grid varies each feature of :mod:`kvlab.executor.cost_calibrated` on its own (decode count x
+context, uneven decode contexts so the padding term is separable, prompt chunks from position 0,
+later chunks of a long prompt, mixed decode + prefill steps, two block sizes), so the NNLS fit
+can tell the terms apart. Two decode shapes sample nothing: in a real run every decode samples,
+so without them the per-decode cost and the lm head + sampler cost would be one inseparable term.
+
+Measurement: one untimed warm-up pass over every point, then ``repeats`` passes, each over the
+points in a fresh random order (so a burst of load from other processes spreads over many points
+instead of biasing one), and the **median** of each point's repeats is what the fit sees. The
+spread (IQR / median) is kept per point for the profile.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kvlab.executor.base import ScheduledSeq, StepInput
+from kvlab.executor.cost_calibrated import step_features
+from kvlab.request import SamplingParams
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    """One step shape. ``decodes``: each decode sequence's context before its new token;
+    ``chunks``: (num_tokens, start_pos, samples?) per multi-token chunk."""
+
+    name: str
+    decodes: tuple[int, ...] = ()
+    chunks: tuple[tuple[int, int, bool], ...] = ()
+    block_size: int = 16
+    decode_samples: bool = True  # False: decodes that sample nothing (separates the lm head + sampler term)
+
+    def blocks_needed(self) -> int:
+        b = self.block_size
+        return sum(-(-(c + 1) // b) for c in self.decodes) + sum(-(-(n + s) // b) for n, s, _ in self.chunks)
+
+    def step(self, sampling: SamplingParams) -> StepInput:
+        """The StepInput of this shape, each sequence on its own run of block ids."""
+        seqs, nxt, b = [], 0, self.block_size
+        for i, ctx in enumerate(self.decodes):
+            nb = -(-(ctx + 1) // b)
+            seqs.append(ScheduledSeq(i, f"d{i}", [5 + i % 97], ctx, list(range(nxt, nxt + nb)),
+                                     1 if self.decode_samples else 0, sampling, sample_index=ctx))
+            nxt += nb
+        for j, (n, start, sampled) in enumerate(self.chunks):
+            nb = -(-(n + start) // b)
+            seqs.append(ScheduledSeq(10_000 + j, f"c{j}", [7 + (k % 331) for k in range(n)], start,
+                                     list(range(nxt, nxt + nb)), 1 if sampled else 0, sampling, is_prefill=True))
+            nxt += nb
+        return StepInput(seqs)
+
+    def features(self) -> dict[str, float]:
+        return step_features(self.step(SamplingParams(max_tokens=1)).seqs)
+
+
+def _spread(lo: int, hi: int, k: int) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.linspace(lo, hi, k))
+
+
+def design(quick: bool = False) -> list[GridPoint]:
+    """The grid: ~30 shapes in full, ~13 in ``quick`` (sized for 2 CPU cores and SmolLM2)."""
+    pts: list[GridPoint] = []
+    counts, ctxs = ((1, 8, 24), (32, 384)) if quick else ((1, 4, 12, 24), (32, 256, 640))
+    for nd in counts:
+        for ctx in ctxs:
+            pts.append(GridPoint(f"decode{nd}x{ctx}", (ctx,) * nd))
+    pts.append(GridPoint("decode-uneven12", _spread(16, 512, 12)))
+    prefills = (48, 256) if quick else (24, 96, 320)
+    for n in prefills:
+        pts.append(GridPoint(f"prefill{n}", chunks=((n, 0, True),)))
+    pts.append(GridPoint("prefill4x48", chunks=((48, 0, True),) * 4))
+    pts.append(GridPoint("chunk128@512", chunks=((128, 512, True),)))
+    pts.append(GridPoint("mixed8x200+prefill128", (200,) * 8, ((128, 0, True),)))
+    pts.append(GridPoint("decode16x128-nosample", (128,) * 16, decode_samples=False))
+    if quick:
+        return pts
+    pts += [
+        GridPoint("decode-uneven16", _spread(32, 384, 16)),
+        GridPoint("prefill2x160", chunks=((160, 0, True),) * 2),
+        GridPoint("chunk64@256-mid", chunks=((64, 256, False),)),
+        GridPoint("chunk256@768", chunks=((256, 768, True),)),
+        GridPoint("mixed16x100+chunk64@192", (100,) * 16, ((64, 192, False),)),
+        GridPoint("mixed4x400+prefill32x3", (400,) * 4, ((32, 0, True),) * 3),
+        GridPoint("decode4x512-nosample", (512,) * 4, decode_samples=False),
+        GridPoint("b32-decode12x256", (256,) * 12, block_size=32),
+        GridPoint("b32-mixed4x128+prefill96", (128,) * 4, ((96, 0, True),), block_size=32),
+    ]
+    return pts
+
+
+@dataclass
+class Measured:
+    point: GridPoint
+    times: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times))
+
+    @property
+    def rel_iqr(self) -> float:
+        q1, q3 = np.percentile(self.times, [25, 75])
+        return float((q3 - q1) / self.median) if self.median > 0 else float("nan")
+
+
+def measure(executor: object, points: list[GridPoint], repeats: int, *, warmup: int = 1, seed: int = 0,
+            progress: Callable[[int, int, str], None] | None = None) -> list[Measured]:
+    """Time ``executor.execute`` on every point (warm-up, then ``repeats`` shuffled passes).
+
+    ``executor`` must have ``init_cache`` and ``execute`` (the torch executor; a synthetic one in
+    tests). Every pass visits the block sizes in a fresh order, re-initialising the cache for each.
+    Returns one :class:`Measured` per point.
+    """
+    sampling = SamplingParams(max_tokens=1 << 20, temperature=1.0)
+    out = {p.name: Measured(p) for p in points}
+    by_bs: dict[int, list[GridPoint]] = {}
+    for p in points:
+        by_bs.setdefault(p.block_size, []).append(p)
+    total, done = len(points) * (warmup + repeats), 0
+    rng = random.Random(seed)
+    steps = {p.name: p.step(sampling) for p in points}
+    sizes = sorted(by_bs)
+    for r in range(warmup + repeats):
+        rng.shuffle(sizes)  # block sizes alternate across passes, so load drift does not follow the block size
+        for bs in sizes:
+            group = by_bs[bs]
+            executor.init_cache(max(p.blocks_needed() for p in group) + 1, 0, bs)  # type: ignore[attr-defined]
+            order = list(group)
+            rng.shuffle(order)
+            for p in order:
+                t = executor.execute(steps[p.name]).duration_s  # type: ignore[attr-defined]
+                if r >= warmup:
+                    out[p.name].times.append(float(t))
+                done += 1
+                if progress is not None:
+                    progress(done, total, p.name)
+    return [out[p.name] for p in points]

@@ -1,0 +1,109 @@
+"""The machine a calibration profile belongs to: CPU model and ISA flags (or the GPU), and its load.
+
+Pure Python (reads ``/proc/cpuinfo``, ``lscpu`` where present, ``os.getloadavg``); torch is
+imported only to name a CUDA device. The fingerprint is what a profile's provenance check
+compares: a step-time fit is only valid on the same kind of machine.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from typing import Any
+
+# ISA flags that change which GEMM/attention kernels torch picks; the rest of /proc/cpuinfo's
+# flags (virtualisation, mitigations) do not change a step's speed class.
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+BUSY_LOAD_PER_CPU = 0.5  # 1-minute load average per logical CPU above which timings are suspect
+
+
+def _cpuinfo() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if ":" in line:
+                    k, v = line.split(":", 1)
+                    info.setdefault(k.strip(), v.strip())
+    except OSError:
+        pass
+    return info
+
+
+def _lscpu_model() -> str | None:
+    if shutil.which("lscpu") is None:
+        return None
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_fingerprint() -> dict[str, Any]:
+    """CPU model, the ISA flags of :data:`ISA_FLAGS` it has, logical CPUs, architecture."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"device": "cpu",
+            "cpu_model": _lscpu_model() or info.get("model name") or platform.processor() or "unknown",
+            "isa_flags": [f for f in ISA_FLAGS if f in flags],
+            "logical_cpus": os.cpu_count() or 1,
+            "arch": platform.machine()}
+
+
+def gpu_fingerprint(device_index: int = 0) -> dict[str, Any]:
+    """The CUDA device's name, memory and compute capability (imports torch)."""
+    import torch
+
+    p = torch.cuda.get_device_properties(device_index)
+    return {"device": "cuda", "gpu_name": p.name, "gpu_memory_bytes": int(p.total_memory),
+            "compute_capability": f"{p.major}.{p.minor}", "cpu_model": cpu_fingerprint()["cpu_model"]}
+
+
+def fingerprint(device: str = "cpu") -> dict[str, Any]:
+    """The fingerprint of ``device`` ("cpu" or "cuda") on this machine; a CUDA request on a
+    machine without CUDA gets ``{"device": "no CUDA device"}`` (so a GPU profile mismatches)."""
+    if not device.startswith("cuda"):
+        return cpu_fingerprint()
+    import torch
+
+    return gpu_fingerprint() if torch.cuda.is_available() else {"device": "no CUDA device"}
+
+
+def mismatches(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable differences between a profile's machine and this one (empty: same kind)."""
+    keys = (("device", "gpu_name", "compute_capability") if recorded.get("device") == "cuda"
+            else ("device", "cpu_model", "isa_flags", "logical_cpus"))
+    out = []
+    for k in keys:
+        a, b = recorded.get(k), current.get(k)
+        if a != b:
+            out.append(f"{k}: profile {a!r}, this machine {b!r}")
+    return out
+
+
+def load_average() -> list[float]:
+    """(1, 5, 15)-minute load averages; [] where the OS has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return []
+
+
+def busy_message(load: list[float]) -> str | None:
+    """A warning when the 1-minute load (taken before our own work starts) says other work
+    competes for the cores, else None."""
+    cpus = os.cpu_count() or 1
+    if not load:
+        return None
+    if load[0] > BUSY_LOAD_PER_CPU * cpus:
+        return (f"machine busy: 1-min load average {load[0]:.2f} on {cpus} CPUs (> {BUSY_LOAD_PER_CPU:g} per CPU) "
+                "before measuring; timings will be inflated and noisy. Rerun on a quiet machine for a "
+                "profile you can trust.")
+    return None

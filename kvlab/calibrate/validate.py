@@ -1,0 +1,127 @@
+"""``python -m kvlab.calibrate --validate PATH``: held-out workloads through both executors.
+
+Every workload here differs from what the fit saw (the grid's synthetic step shapes and the host
+overhead's calibration workload, seed 9001): other seeds, length ranges and arrival processes,
+and scheduler/allocator settings the grid never exercised as a whole run. Each runs on the real
+executor and on ``executor=sim hardware=calibrated hardware.profile=PATH``; the table gives the
+simulator's error per metric. Poisson rates are set from the *simulator's* predicted saturated
+throughput of the offline batch (0.5x and 2x), so no real measurement feeds a prediction.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from kvlab.calibrate.calibrate import build_real_executor, executor_overrides
+from kvlab.calibrate.machine import busy_message, load_average
+from kvlab.calibrate.profile import check_provenance, describe, load_profile
+from kvlab.calibrate.runs import compose, run_workload
+
+METRICS = {"output_throughput": "output tok/s", "mean_ttft_ms": "mean TTFT ms", "p90_ttft_ms": "p90 TTFT ms",
+           "mean_tpot_ms": "mean TPOT ms", "normalized_latency_s_per_token": "mean norm. latency s/tok",
+           "mean_batched_requests": "mean batch", "num_preemptions": "preemptions"}
+RELATIVE = [m for m in METRICS if m != "num_preemptions"]
+
+
+def _uniform(n: int, p: tuple[int, int], o: tuple[int, int], seed: int) -> list[str]:
+    return ["workload=uniform", f"workload.num_requests={n}", f"workload.seed={seed}",
+            f"workload.prompt_len_min={p[0]}", f"workload.prompt_len_max={p[1]}",
+            f"workload.output_len_min={o[0]}", f"workload.output_len_max={o[1]}"]
+
+
+def workloads(quick: bool) -> list[tuple[str, list[str], float | None]]:
+    """(name, overrides, rate as a multiple of the predicted saturated throughput or None=offline)."""
+    k = 1 if quick else 2  # size factor
+    rows = [("offline batch", _uniform(10 * k, (24, 200), (16, 48 * k), 101), None),
+            ("poisson 0.5x saturation", _uniform(8 * k, (16, 160), (16, 40 * k), 202), 0.5),
+            ("poisson 2x saturation", _uniform(10 * k, (16, 160), (16, 40 * k), 303), 2.0)]
+    if quick:
+        return rows
+    rows += [
+        ("long prompts, chunked prefill", _uniform(6, (600, 1000), (16, 32), 404)
+         + ["scheduler.chunked_prefill=true", "scheduler.max_num_batched_tokens=256"], None),
+        ("shared prefix, prefix allocator", ["workload=shared_prefix", "workload.num_requests=16",
+                                             "workload.prefix_len=192", "workload.seed=505", "allocator=prefix",
+                                             "workload.output_len_min=16", "workload.output_len_max=48"], 1.0),
+        ("preemption, tiny KV", _uniform(16, (64, 160), (48, 112), 606) + ["allocator.num_blocks=48"], None),
+    ]
+    return rows
+
+
+def _errors(real: dict[str, float], sim: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for m in METRICS:
+        r, s = float(real.get(m, math.nan)), float(sim.get(m, math.nan))
+        out[f"real_{m}"], out[f"sim_{m}"] = r, s
+        if m in RELATIVE:
+            out[f"err_{m}"] = 100 * (s - r) / r if r else math.nan
+        else:
+            out[f"err_{m}"] = s - r  # preemptions: absolute difference
+    return out
+
+
+def validate(profile_path: str | Path, *, quick: bool = False, force: bool = False, out_csv: Path | None = None,
+             executor: Any = None, log: Any = print) -> pd.DataFrame:
+    """Run the held-out workloads; returns (and writes) the error table."""
+    prof = load_profile(profile_path)
+    problems = check_provenance(prof, force=force)
+    if problems:
+        log("WARNING (forced): " + "; ".join(problems))
+    log(f"validate: profile {describe(prof)}")
+    load_before = load_average()
+    warn = busy_message(load_before)
+    log(f"load average {load_before}" + (f"\nWARNING: {warn}" if warn else ""))
+    device = str(prof["machine"].get("device", "cpu"))
+    extra = list(prof.get("model_overrides") or [])
+    model = prof.get("model_group") or prof["model"]
+    real_ov = executor_overrides(model, prof["dtype"], device, int(prof["threads"]), extra)
+    sim_ov = ["executor=sim", "hardware=calibrated", f"hardware.profile={prof['path']}", f"model={model}",
+              f"model.dtype_bytes={prof['dtype_bytes']}", f"hardware.force={str(force).lower()}",
+              "kv.swap_space_gib=0", "show_progress=false", *extra]
+    if executor is None:
+        log("loading the model on the real executor ...")
+        executor = build_real_executor(real_ov)
+    wls = workloads(quick)
+    sat = run_workload(compose(sim_ov + wls[0][1] + ["workload.rate=null"]))["metrics"]["request_throughput"]
+    rows = []
+    for name, ov, mult in tqdm(wls, desc="held-out workloads", unit="run", dynamic_ncols=True):
+        rate = "workload.rate=null" if mult is None else f"workload.rate={round(mult * sat, 4)}"
+        sim = run_workload(compose(sim_ov + ov + [rate]))["metrics"]
+        real = run_workload(compose(real_ov + ov + [rate]), executor)["metrics"]
+        rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim)})
+        log(f"  {name}: output tok/s real {real['output_throughput']:.1f} sim {sim['output_throughput']:.1f}")
+    table = pd.DataFrame(rows)
+    table.attrs["load_average"] = {"before": load_before, "after": load_average()}
+    if out_csv is not None:
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out_csv, index=False, float_format="%.4g")
+    return table
+
+
+def summary(table: pd.DataFrame) -> dict[str, float]:
+    """Mean absolute error (%) per relative metric over the table's rows; preemptions: mean |diff|."""
+    out = {m: float(table[f"err_{m}"].abs().mean()) for m in RELATIVE}
+    out["num_preemptions"] = float(table["err_num_preemptions"].abs().mean())
+    return out
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """The error table as Markdown: one row per workload, sim error per metric (% or diff)."""
+    head = "| workload | rate | " + " | ".join(METRICS.values()) + " |"
+    lines = [head, "|" + " --- |" * (len(METRICS) + 2)]
+    for r in table.to_dict("records"):
+        cells = []
+        for m in METRICS:
+            e = r[f"err_{m}"]
+            cells.append(f"{e:+.0f} ({r[f'real_{m}']:.0f}→{r[f'sim_{m}']:.0f})" if m == "num_preemptions"
+                         else f"{e:+.1f}%")
+        lines.append(f"| {r['workload']} | {r['rate']} | " + " | ".join(cells) + " |")
+    s = summary(table)
+    lines.append("| **mean abs. error** | | " + " | ".join(
+        f"{s[m]:.1f}" if m == "num_preemptions" else f"{s[m]:.1f}%" for m in METRICS) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""The calibrated step-time model: a linear sum of per-step work terms, fitted on the real executor.
+
+Where the datasheet :class:`~kvlab.executor.cost_model.CostModel` predicts a GPU step from a
+roofline, this model predicts the step of *the executor that was profiled* (today: kvlab's torch
+executor on a CPU) from the work the step contains. Functional form, one term per kind of work::
+
+    t_execute = c_step                         fixed per forward: op dispatch of every layer + weight streaming
+              + c_decode_seq  x decode_seqs    per decode sequence (metadata, block-table rows, sampling setup)
+              + c_chunk       x chunks         per multi-token chunk (one gather + one SDPA call per layer each)
+              + c_token       x tokens         per batched token: the dense layers (2 x matmul params FLOPs)
+              + c_decode_kv   x decode_kv      per KV token of the decode group, padded to its longest context
+              + c_chunk_kv    x chunk_kv       per KV token a chunk gathers (its whole context)
+              + c_causal_pair x causal_pairs   per causal (query, key) pair of chunks starting at 0
+              + c_masked_pair x masked_pairs   per (query, key) pair of chunks with cached context (masked SDPA)
+              + c_logit_row   x logit_rows     per sampled row: lm head (2 x vocab x hidden FLOPs) + sampler
+    t_host    = h_step + h_seq x seqs          engine work outside execute(): schedule, commit, records
+    step      = t_execute + t_host
+
+Every coefficient is seconds per unit of its feature and >= 0 (fitted by non-negative least
+squares, :mod:`kvlab.calibrate.fit`), so each keeps its meaning: e.g. ``2 x matmul_params /
+c_token`` is the achieved dense FLOP/s and ``kv_bytes_per_token / c_decode_kv`` the achieved
+gather bandwidth. The features mirror how the torch executor batches a step (decodes padded to
+the longest context in one SDPA; each chunk its own gather and SDPA), see
+``kvlab/kernels/paged_attention.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from kvlab.executor.base import ScheduledSeq
+
+# (name, unit of the feature, meaning of its coefficient)
+FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("step", "step", "fixed per forward: op dispatch of every layer and streaming the weights"),
+    ("decode_seqs", "seq", "per decode sequence: metadata, block-table row, batch bookkeeping"),
+    ("chunks", "chunk", "per multi-token chunk: its own KV gather and SDPA call in every layer"),
+    ("tokens", "token", "per batched token: the dense layers (qkv, out, MLP), norms, rope"),
+    ("decode_kv", "token", "per KV token of the decode group, padded to the longest decode context"),
+    ("chunk_kv", "token", "per KV token a chunk gathers through its block table (its whole context)"),
+    ("causal_pairs", "pair", "per causal (query, key) pair of chunks that start at position 0"),
+    ("masked_pairs", "pair", "per (query, key) pair of chunks with cached context (explicit mask)"),
+    ("logit_rows", "row", "per sampled row: lm head GEMV over the vocabulary and the sampler"),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f[0] for f in FEATURES)
+HOST_FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("step", "step", "engine work per step outside execute(): schedule, build inputs, commit, records"),
+    ("seqs", "seq", "engine work per scheduled sequence and step"),
+)
+
+
+def step_features(seqs: Sequence[ScheduledSeq]) -> dict[str, float]:
+    """The feature vector of one step (see the module docstring). Pure."""
+    f = dict.fromkeys(FEATURE_NAMES, 0.0)
+    seqs = [s for s in seqs if s.token_ids]
+    if not seqs:
+        return f
+    f["step"] = 1.0
+    max_dec = 0
+    for s in seqs:
+        n, start = len(s.token_ids), s.start_pos
+        ctx = start + n
+        f["tokens"] += n
+        if s.num_samples > 0:
+            f["logit_rows"] += 1
+        if n == 1:
+            f["decode_seqs"] += 1
+            max_dec = max(max_dec, ctx)
+            continue
+        f["chunks"] += 1
+        f["chunk_kv"] += ctx
+        if start == 0:
+            f["causal_pairs"] += n * (n + 1) / 2
+        else:
+            f["masked_pairs"] += n * ctx
+    f["decode_kv"] = f["decode_seqs"] * max_dec
+    return f
+
+
+@dataclass(frozen=True)
+class CalibratedCostModel:
+    """Step time from fitted coefficients (seconds per feature unit). Immutable.
+
+    ``coef`` maps every name of :data:`FEATURE_NAMES` to seconds per unit; ``host`` maps ``step``
+    and ``seqs`` of :data:`HOST_FEATURES` to seconds (engine overhead outside ``execute``).
+    """
+
+    coef: Mapping[str, float]
+    host: Mapping[str, float]
+
+    def __post_init__(self) -> None:
+        missing = [k for k in FEATURE_NAMES if k not in self.coef]
+        if missing:
+            raise ValueError(f"calibrated cost model: missing coefficient(s) {missing}")
+        for k in FEATURE_NAMES:
+            if float(self.coef[k]) < 0:
+                raise ValueError(f"calibrated cost model: coefficient {k} must be >= 0")
+
+    def execute_time(self, features: Mapping[str, float]) -> float:
+        """Seconds of ``execute()`` for a step with ``features``."""
+        return sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
+
+    def host_time(self, num_seqs: int) -> float:
+        """Seconds of engine work outside ``execute()`` for a step of ``num_seqs`` sequences."""
+        if num_seqs <= 0:
+            return 0.0
+        return float(self.host.get("step", 0.0)) + float(self.host.get("seqs", 0.0)) * num_seqs
+
+    def step_time(self, seqs: Sequence[ScheduledSeq]) -> float:
+        """Wall seconds one engine step takes: execute + host overhead."""
+        feats = step_features(seqs)
+        if feats["step"] == 0:
+            return 0.0
+        return self.execute_time(feats) + self.host_time(int(feats["decode_seqs"] + feats["chunks"]))

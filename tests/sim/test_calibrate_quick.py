@@ -1,0 +1,53 @@
+"""``python -m kvlab.calibrate --quick`` then ``--validate PATH --quick``, end to end on a tiny model.
+
+A tiny random-weight Llama keeps it well under a minute on 2 shared cores. Timing on a shared
+machine is noisy, so the accuracy bound here is loose; the real accuracy figures come from the full
+commands (docs/simulator.md). What must hold: the profile's contents, the table's rows and columns,
+and the quantities that do not depend on timing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kvlab.calibrate.__main__ import main
+from kvlab.calibrate.validate import METRICS
+
+TINY = ["model.checkpoint=random", "model.name=tiny-llama", "model.num_layers=2", "model.hidden_size=64",
+        "model.num_heads=4", "model.num_kv_heads=2", "model.head_dim=16", "model.ffn_size=128",
+        "model.vocab_size=512", "model.num_params=null", "model.max_model_len=2048", "+kv.cpu_kv_gib=0.004"]
+
+
+def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "tiny.json"
+    args = ["--quick", "--threads", "1", "--out", str(path)] + [f"--override={o}" for o in TINY]
+    assert main(args) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"profile: {path}"
+    prof = json.loads(path.read_text())
+    assert prof["model"] == "tiny-llama" and prof["dtype"] == "float32" and prof["threads"] == 1
+    assert prof["machine"]["cpu_model"] and len(prof["load_average"]["before"]) == 3
+    assert len(prof["fit"]["residuals"]) == prof["fit"]["num_points"] >= 10
+    assert all(v["value"] >= 0 for v in prof["coefficients"].values())
+    assert prof["coefficients"]["step"]["value"] > 0  # every forward costs something
+
+    csv = tmp_path / "table.csv"
+    assert main(["--validate", str(path), "--quick", "--out", str(csv)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1] == f"validation: {csv}"
+    import pandas as pd
+
+    table = pd.read_csv(csv)
+    assert list(table["workload"]) == ["offline batch", "poisson 0.5x saturation", "poisson 2x saturation"]
+    for m in METRICS:
+        assert {f"real_{m}", f"sim_{m}", f"err_{m}"} <= set(table.columns)
+        assert table[f"err_{m}"].map(math.isfinite).all(), m
+    offline = table.iloc[0]
+    # with every request at t=0 the schedule does not depend on timing: same batches on both executors
+    assert offline["sim_mean_batched_requests"] == pytest.approx(offline["real_mean_batched_requests"], rel=0.02)
+    # loose: a shared 2-core machine can be several times oversubscribed while this runs
+    assert (table["err_output_throughput"].abs() < 150).all()
