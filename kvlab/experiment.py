@@ -76,7 +76,7 @@ def _allocator_counters(engine: LLMEngine) -> dict[str, Any]:
 
 def _samples(engine: LLMEngine, k: int = 3) -> list[tuple[str, str]]:
     out = []
-    for req in list(engine.requests.values())[:k]:
+    for req in list(engine.finished_requests)[:k]:
         o = engine.make_output(req)
         prompt = req.prompt if req.prompt is not None else engine.tokenizer.decode(req.prompt_token_ids)
         out.append((prompt, o.outputs[0].text if o.outputs else ""))
