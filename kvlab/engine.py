@@ -248,6 +248,7 @@ class LLMEngine:
         self.stats = EngineStats(
             step=self.num_steps, clock_s=self.now(), published_at=wall,
             last_step_at=wall if out is not None else prev.last_step_at,
+            busy_since=(prev.busy_since or wall) if self.requests else None,
             last_step_duration_s=duration if out is not None else prev.last_step_duration_s,
             running=len(s.running), waiting=len(s.waiting), swapped=len(s.swapped),
             running_seqs=s.num_running_seqs(),

@@ -69,6 +69,7 @@ class EngineStats:
         clock_s: the engine clock (virtual for the simulator) at publication.
         published_at: wall time (``time.time()``) this snapshot was built.
         last_step_at: wall time the last step completed (None before the first step).
+        busy_since: wall time the engine last went from idle to holding work (None while idle).
         last_step_duration_s: duration of the last step on the engine clock.
         running / waiting / swapped: requests (sequence groups) in each queue.
         running_seqs: sequences in the running batch.
@@ -85,6 +86,7 @@ class EngineStats:
     clock_s: float = 0.0
     published_at: float = 0.0
     last_step_at: float | None = None
+    busy_since: float | None = None
     last_step_duration_s: float = 0.0
     running: int = 0
     waiting: int = 0
@@ -107,6 +109,14 @@ class EngineStats:
     @property
     def has_work(self) -> bool:
         return self.unfinished > 0
+
+    def seconds_without_progress(self, now: float) -> float:
+        """Seconds, at wall time ``now``, that work has waited without a step completing (0 when
+        idle): the quantity a health check compares with its stall limit."""
+        if not self.has_work:
+            return 0.0
+        since = max(self.last_step_at or 0.0, self.busy_since or 0.0)
+        return max(now - since, 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready nested dict (NaN stays NaN; callers that emit strict JSON convert it)."""
