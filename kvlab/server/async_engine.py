@@ -167,10 +167,10 @@ class AsyncEngine:
                     cmd = self._cmds.get_nowait()
                 except queue.Empty:
                     cmd = None
+            if ran:
+                self.engine.publish_stats()  # adds/aborts show up at once, even if the next step hangs
             if self.engine.has_unfinished_requests():
                 self._step()
-            elif ran:
-                self.engine.publish_stats()  # adds/aborts between steps show up at once
             if self._drain_deadline is not None and not self.drained.is_set():
                 self._check_drain()
 
