@@ -18,7 +18,8 @@ from typing import Any
 from kvlab.allocator import ALLOCATORS
 from kvlab.allocator.base import MemoryReport
 from kvlab.commit import Committer, reported_seqs
-from kvlab.config_check import EXECUTOR_MODULES, as_plain, check_config
+from kvlab.config import KVConfig, to_plain
+from kvlab.config_check import EXECUTOR_MODULES, check_config
 from kvlab.detokenize import IncrementalDetokenizer
 from kvlab.engine_stats import EngineStats, KVUsage, LatencySummary
 from kvlab.executor import EXECUTORS, Executor, ScheduledSeq, StepInput
@@ -44,23 +45,23 @@ class LLMEngine:
 
     def __init__(self, cfg: Mapping[str, Any], executor: Executor | None = None, *,
                  max_records: int | None = None, latency_window: int = 1000) -> None:
-        cfg = as_plain(cfg)
+        cfg = to_plain(cfg)
         check_config(cfg)
         self.cfg = cfg
+        kv = KVConfig.from_config(cfg)
         self.executor = executor if executor is not None else _build_executor(cfg)
         alloc = dict(cfg["allocator"])
         name, num_blocks = alloc.pop("name"), alloc.pop("num_blocks", None)
         block_size = int(alloc.get("block_size", 16))
         self.block_size = block_size
-        self.max_model_len = int(cfg.get("kv", {}).get("max_model_len") or self.executor.max_model_len)
+        self.max_model_len = int(kv.max_model_len or self.executor.max_model_len)
         self.block_bytes = self.executor.kv_bytes_per_block(block_size)
         if num_blocks is None:
             num_blocks = self.executor.kv_capacity_blocks(block_size)
         if num_blocks < 1:
             raise ValueError(f"the KV budget holds no block of {block_size} tokens: raise the memory "
                              "budget or set allocator.num_blocks")
-        swap_gib = float(cfg.get("kv", {}).get("swap_space_gib", 0.0))
-        num_cpu_blocks = int(swap_gib * GiB // self.block_bytes)
+        num_cpu_blocks = int(kv.swap_space_gib * GiB // self.block_bytes)
         self.allocator = ALLOCATORS.build(name, int(num_blocks), max_model_len=self.max_model_len,
                                           num_cpu_blocks=num_cpu_blocks, seed=int(cfg.get("seed", 0)),
                                           **alloc)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import FakeExecutor, make_cfg
 
 from kvlab.engine import LLMEngine
 from kvlab.engine_stats import EngineStats
 from kvlab.metrics import latency_samples, request_latency
 from kvlab.request import SamplingParams
+from tests.engine.conftest import make_cfg
+from tests.engine.fake_executor import FakeExecutor
 
 
 def drain(eng: LLMEngine, max_steps: int = 3000) -> list[EngineStats]:
