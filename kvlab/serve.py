@@ -106,9 +106,10 @@ def serve(cfg: dict[str, Any]) -> None:
 
     import uvicorn
 
+    srv = cfg["server"]
+    _check_port_free(str(srv["host"]), int(srv["port"]))  # fail before spending a minute loading the model
     app, aengine = build_server(cfg)
     print(banner(cfg, aengine), flush=True)
-    srv = cfg["server"]
     grace = float(srv.get("shutdown_grace_s") if srv.get("shutdown_grace_s") is not None else 30.0)
     server = uvicorn.Server(uvicorn.Config(
         app,
@@ -145,6 +146,21 @@ def serve(cfg: dict[str, Any]) -> None:
             signal.signal(sig, handler)
     if not server.started:  # e.g. the port was taken: uvicorn logged why and exited
         raise SystemExit(1)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import errno
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                print(f"error: cannot serve on {host}:{port}: address already in use", file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+            raise
 
 
 def resolve_best(cfg: dict[str, Any], cli: list[str]) -> dict[str, Any]:

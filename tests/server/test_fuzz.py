@@ -60,7 +60,7 @@ COMPLETION = request_bodies(CompletionRequest, {
                         st.lists(st.lists(st.integers(0, 50_000), max_size=4), max_size=2)),
 }, PLAUSIBLE_COMPLETION)
 CHAT = request_bodies(ChatCompletionRequest, {**COMMON, "max_completion_tokens": SMALL}, PLAUSIBLE_CHAT)
-SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

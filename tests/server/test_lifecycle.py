@@ -30,10 +30,10 @@ def test_port_in_use_exits_nonzero(server: ServerProcess, tmp_path) -> None:
     assert httpx.get(server.base + "/health", timeout=10).status_code == 200  # the first one is unharmed
 
 
-def test_sigint_stops_an_idle_server_cleanly(tmp_path) -> None:
-    srv = ServerProcess([], tmp_path / "SIGINT.log")
+def test_sigint_stops_an_idle_server_cleanly(server: ServerProcess) -> None:
+    """Runs last in this module: it stops the module's server."""
+    srv = server
     try:
-        srv.wait_ready()
         r = httpx.post(srv.base + "/v1/completions", timeout=60,
                        json={"model": "smollm2-135m", "prompt": "Hello", "max_tokens": 2})
         assert r.status_code == 200
