@@ -21,7 +21,7 @@ from kvlab.commit import Committer, reported_seqs
 from kvlab.config import KVConfig, to_plain
 from kvlab.config_check import EXECUTOR_MODULES, check_config
 from kvlab.detokenize import IncrementalDetokenizer
-from kvlab.engine_stats import EngineStats, KVUsage, LatencySummary
+from kvlab.engine_stats import EngineStats, KVUsage, Latency
 from kvlab.executor import EXECUTORS, Executor, ScheduledSeq, StepInput
 from kvlab.metrics import request_latency
 from kvlab.outputs import CompletionOutput, RequestOutput
@@ -238,7 +238,7 @@ class LLMEngine:
         return d.text
 
     def publish_stats(self, out: SchedulerOutput | None = None, duration: float = 0.0,
-                      report: MemoryReport | None = None) -> EngineStats:
+                      report: MemoryReport | None = None, running_seqs: int | None = None) -> EngineStats:
         """Build and publish a new :class:`EngineStats` (after a step: ``out``/``duration``/``report``
         of that step; between steps, e.g. after requests were added or aborted: no arguments)."""
         m = report if report is not None else self.allocator.memory_report()
@@ -252,7 +252,7 @@ class LLMEngine:
             busy_since=(prev.busy_since or wall) if self.requests else None,
             last_step_duration_s=duration if out is not None else prev.last_step_duration_s,
             running=len(s.running), waiting=len(s.waiting), swapped=len(s.swapped),
-            running_seqs=s.num_running_seqs(),
+            running_seqs=s.num_running_seqs() if running_seqs is None else running_seqs,
             batch_tokens=out.num_batched_tokens if out is not None else prev.batch_tokens,
             unfinished=len(self.requests),
             kv=KVUsage(m.token_states, m.reservation, m.internal_frag, m.external_frag, m.free_slots,
@@ -261,7 +261,7 @@ class LLMEngine:
             prefix_hit_tokens=int(counters.get("prefix_hit_tokens", 0)),
             num_preemptions=int(s.num_preemptions),
             swapped_out_blocks=b.swapped_out_blocks, swapped_in_blocks=b.swapped_in_blocks,
-            num_finished=b.num_finished, num_aborted=b.num_aborted, **b.latencies())
+            num_finished=b.num_finished, num_aborted=b.num_aborted, recent_latencies=b.latencies())
         return self.stats
 
     def _record_step(self, out: SchedulerOutput, duration: float, swap_time: float, now: float) -> None:
@@ -280,7 +280,7 @@ class LLMEngine:
             reservation=m.reservation, internal_frag=m.internal_frag, external_frag=m.external_frag,
             free_slots=m.free_slots, logical_blocks=m.logical_blocks, physical_blocks=m.physical_blocks,
             shared_saved_slots=m.shared_saved_slots))
-        self.publish_stats(out, duration, m)
+        self.publish_stats(out, duration, m, self.step_records[-1].num_running_seqs)
 
     # -- outputs --
     def make_output(self, req: Request) -> RequestOutput:
@@ -329,21 +329,17 @@ class _Bookkeeping:
         self.num_aborted = 0
         self.swapped_out_blocks = 0
         self.swapped_in_blocks = 0
-        self._lat: deque = deque(maxlen=window)
-        self._cached: dict[str, LatencySummary] | None = None
+        self._lat: deque[Latency] = deque(maxlen=window)
+        self._frozen: tuple[Latency, ...] = ()
+        self._stale = False
 
     def finished(self, rec: RequestRecord) -> None:
         self.num_finished += 1
         self.num_aborted += rec.finish_reason == "abort"
-        self._lat.append(request_latency(rec))
-        self._cached = None
+        self._lat.append(Latency(*request_latency(rec)))
+        self._stale = True
 
-    def latencies(self) -> dict[str, LatencySummary]:
-        if self._cached is None:  # recomputed only after a request finished
-            lat = list(self._lat)
-            self._cached = {
-                "ttft": LatencySummary.of([x.ttft_s for x in lat if x.ttft_s is not None]),
-                "tpot": LatencySummary.of([x.tpot_s for x in lat if x.tpot_s is not None]),
-                "e2el": LatencySummary.of([x.e2el_s for x in lat]),
-            }
-        return self._cached
+    def latencies(self) -> tuple[Latency, ...]:
+        if self._stale:  # a new tuple only after a request finished; snapshots share it otherwise
+            self._frozen, self._stale = tuple(self._lat), False
+        return self._frozen
