@@ -19,7 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_SWAP_SPACE_GIB = 4.0  # vLLM's default CPU swap space per GPU, and conf/config.yaml's
+# An absent kv.swap_space_gib means no swap pool: the torch executor allocates the pool for real,
+# so a silent default would cost GiBs of RAM. conf/config.yaml sets 4 GiB (vLLM's default) and
+# conf/serve.yaml 1 GiB explicitly. (The engine read 0 when absent, the simulator 4.)
+DEFAULT_SWAP_SPACE_GIB = 0.0
 DEFAULT_CPU_KV_GIB = 2.0  # the torch executor's KV budget on a CPU (~45k SmolLM2 tokens in fp32)
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 

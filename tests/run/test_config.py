@@ -20,7 +20,7 @@ def test_to_plain_resolves_and_copies() -> None:
 
 def test_defaults_are_the_same_everywhere() -> None:
     kv = KVConfig.from_config({})
-    assert kv.swap_space_gib == DEFAULT_SWAP_SPACE_GIB == 4.0
+    assert kv.swap_space_gib == DEFAULT_SWAP_SPACE_GIB == 0.0
     assert kv.cpu_kv_gib == DEFAULT_CPU_KV_GIB and kv.kv_cache_gib is None and kv.max_model_len is None
 
 
@@ -58,6 +58,8 @@ def test_sim_executor_uses_the_shared_parse() -> None:
     hw = to_plain(OmegaConf.load(CONF_DIR / "hardware" / "a100-40gb.yaml"))
     ex = build_sim_executor({"model": model, "hardware": hw, "executor": {"name": "sim"}})
     assert ex.swap_space_gib == DEFAULT_SWAP_SPACE_GIB  # was 4.0 here and 0.0 in the engine
+    ex = build_sim_executor({"model": model, "hardware": hw, "kv": {"swap_space_gib": 2.5}})
+    assert ex.swap_space_gib == 2.5
     with pytest.raises(ValueError, match="kv.swap_space_gib"):
         build_sim_executor({"model": model, "hardware": hw, "kv": {"swap_space_gib": -1}})
     with pytest.raises(ValueError, match="'hardware'"):
