@@ -8,9 +8,10 @@ place), and the executor name.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any
+
+from kvlab.config import KVConfig, to_plain
 
 EXECUTOR_MODULES = {
     "sim": "kvlab.executor.sim",
@@ -20,15 +21,8 @@ EXECUTOR_MODULES = {
 
 
 def as_plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A plain, resolved ``dict`` copy of a DictConfig or mapping."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        pass
-    return copy.deepcopy(dict(cfg))
+    """A plain, resolved ``dict`` copy of a DictConfig or mapping (:func:`kvlab.config.to_plain`)."""
+    return dict(to_plain(cfg))
 
 
 def _require(cfg: Mapping[str, Any], group: str) -> dict[str, Any]:
@@ -43,6 +37,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     from kvlab.allocator import ALLOCATORS
     from kvlab.scheduler import SCHEDULERS
 
+    KVConfig.from_config(cfg)  # kv.* values (and their executor fallbacks)
     ex = _require(cfg, "executor")
     if ex["name"] not in EXECUTOR_MODULES:
         raise ValueError(f"executor={ex['name']!r} is unknown; choose one of: {', '.join(EXECUTOR_MODULES)}")

@@ -11,13 +11,19 @@ from __future__ import annotations
 import importlib
 import itertools
 import time
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
 from kvlab.allocator import ALLOCATORS
+from kvlab.allocator.base import MemoryReport
 from kvlab.commit import Committer, reported_seqs
-from kvlab.config_check import EXECUTOR_MODULES, as_plain, check_config
+from kvlab.config import KVConfig, to_plain
+from kvlab.config_check import EXECUTOR_MODULES, check_config
+from kvlab.detokenize import IncrementalDetokenizer
+from kvlab.engine_stats import EngineStats, KVUsage, Latency
 from kvlab.executor import EXECUTORS, Executor, ScheduledSeq, StepInput
+from kvlab.metrics import request_latency
 from kvlab.outputs import CompletionOutput, RequestOutput
 from kvlab.records import RequestRecord, StepRecord
 from kvlab.request import Request, SamplingParams
@@ -27,24 +33,35 @@ GiB = 1 << 30
 
 
 class LLMEngine:
-    def __init__(self, cfg: Mapping[str, Any], executor: Executor | None = None) -> None:
-        cfg = as_plain(cfg)
+    """Runs steps over one executor, allocator and scheduler; owns every request until it finishes.
+
+    State it owns (mutated by ``add_request``, ``abort_request`` and ``step``): ``requests`` (live
+    requests only — a finished request is released at once), ``step_records`` and
+    ``request_records`` (all of them when ``max_records`` is None, the experiments' mode; else
+    ring buffers of the last ``max_records``, a long-running server's mode), and :attr:`stats`, an
+    immutable :class:`~kvlab.engine_stats.EngineStats` replaced after every step, which is all a
+    reader on another thread may look at.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], executor: Executor | None = None, *,
+                 max_records: int | None = None, latency_window: int = 1000) -> None:
+        cfg = to_plain(cfg)
         check_config(cfg)
         self.cfg = cfg
+        kv = KVConfig.from_config(cfg)
         self.executor = executor if executor is not None else _build_executor(cfg)
         alloc = dict(cfg["allocator"])
         name, num_blocks = alloc.pop("name"), alloc.pop("num_blocks", None)
         block_size = int(alloc.get("block_size", 16))
         self.block_size = block_size
-        self.max_model_len = int(cfg.get("kv", {}).get("max_model_len") or self.executor.max_model_len)
+        self.max_model_len = int(kv.max_model_len or self.executor.max_model_len)
         self.block_bytes = self.executor.kv_bytes_per_block(block_size)
         if num_blocks is None:
             num_blocks = self.executor.kv_capacity_blocks(block_size)
         if num_blocks < 1:
             raise ValueError(f"the KV budget holds no block of {block_size} tokens: raise the memory "
                              "budget or set allocator.num_blocks")
-        swap_gib = float(cfg.get("kv", {}).get("swap_space_gib", 0.0))
-        num_cpu_blocks = int(swap_gib * GiB // self.block_bytes)
+        num_cpu_blocks = int(kv.swap_space_gib * GiB // self.block_bytes)
         self.allocator = ALLOCATORS.build(name, int(num_blocks), max_model_len=self.max_model_len,
                                           num_cpu_blocks=num_cpu_blocks, seed=int(cfg.get("seed", 0)),
                                           **alloc)
@@ -56,15 +73,28 @@ class LLMEngine:
         decode = None
         if self.tokenizer is not None:
             decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+        self._decode = decode
+        self._detok: dict[int, IncrementalDetokenizer] = {}  # seq_id -> its text so far
         self.committer = Committer(self.scheduler, self.executor.eos_token_id, self.max_model_len, decode)
         self.virtual_time = bool(getattr(self.executor, "virtual_time", False))
         self._t0 = time.perf_counter()
         self._now = 0.0
         self._ids = itertools.count()
         self.requests: dict[str, Request] = {}
-        self.step_records: list[StepRecord] = []
-        self.request_records: list[RequestRecord] = []
+        if max_records is not None and max_records < 1:
+            raise ValueError(f"max_records must be a positive integer or None (keep all), got {max_records}")
+        self.max_records = max_records
+        self.step_records: list[StepRecord] | deque[StepRecord] = [] if max_records is None else deque(
+            maxlen=max_records)
+        self.request_records: list[RequestRecord] | deque[RequestRecord] = [] if max_records is None else \
+            deque(maxlen=max_records)
+        # finished requests kept for callers that read them afterwards (experiment samples); none
+        # in the bounded (server) mode
+        self.finished_requests: deque[Request] = deque(maxlen=None if max_records is None else 0)
         self.num_steps = 0
+        self._book = _Bookkeeping(latency_window)
+        self.stats = EngineStats()
+        self.publish_stats()
         self.collect_outputs = True  # step() returns RequestOutputs; trace replays turn this off
 
     # -- clock --
@@ -111,6 +141,8 @@ class LLMEngine:
         req = self.scheduler.abort_request(request_id)
         if req is not None:
             self._finish(req)
+            for seq in req.seqs:  # no final output is built for an abort: drop its text state here
+                self._detok.pop(seq.seq_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -175,6 +207,7 @@ class LLMEngine:
     def _finish(self, req: Request) -> None:
         self.scheduler.finish_request(req)
         if req.finish_time is not None:
+            self.requests.pop(req.request_id, None)
             return
         req.finish_time = self.now()
         best = reported_seqs(req)
@@ -188,10 +221,57 @@ class LLMEngine:
             num_seqs=req.sampling_params.num_seqs, num_preemptions=req.num_preemptions,
             num_cached_tokens=req.num_cached_tokens, finish_reason=seq.status.finish_reason,
             token_times=list(seq.token_times)))
+        self._release(req, self.request_records[-1])
+
+    # -- bookkeeping (owned state; readers see only ``stats``) --
+    def _release(self, req: Request, rec: RequestRecord) -> None:
+        """Forget a finished request (its blocks are already free) and fold it into the aggregates."""
+        self.requests.pop(req.request_id, None)
+        self.finished_requests.append(req)
+        self._book.finished(rec)
+
+    def _text(self, req: Request, seq: Any, ids: list[int], final: bool) -> str:
+        assert self._decode is not None
+        if req.sampling_params.use_beam_search:
+            return self._decode(ids)
+        d = self._detok.get(seq.seq_id)
+        if d is None or not d.matches(ids):
+            d = self._detok[seq.seq_id] = IncrementalDetokenizer(self._decode)
+        d.update(ids, final)
+        return d.text
+
+    def publish_stats(self, out: SchedulerOutput | None = None, duration: float = 0.0,
+                      report: MemoryReport | None = None, running_seqs: int | None = None) -> EngineStats:
+        """Build and publish a new :class:`EngineStats` (after a step: ``out``/``duration``/``report``
+        of that step; between steps, e.g. after requests were added or aborted: no arguments)."""
+        m = report if report is not None else self.allocator.memory_report()
+        s, a, b = self.scheduler, self.allocator, self._book
+        prev = self.stats
+        wall = time.time()
+        counters = a.stats()
+        self.stats = EngineStats(
+            step=self.num_steps, clock_s=self.now(), published_at=wall,
+            last_step_at=wall if out is not None else prev.last_step_at,
+            busy_since=(prev.busy_since or wall) if self.requests else None,
+            last_step_duration_s=duration if out is not None else prev.last_step_duration_s,
+            running=len(s.running), waiting=len(s.waiting), swapped=len(s.swapped),
+            running_seqs=s.num_running_seqs() if running_seqs is None else running_seqs,
+            batch_tokens=out.num_batched_tokens if out is not None else prev.batch_tokens,
+            unfinished=len(self.requests),
+            kv=KVUsage(m.token_states, m.reservation, m.internal_frag, m.external_frag, m.free_slots,
+                       m.total_slots, int(a.num_free_blocks()), int(a.num_blocks), self.block_size),
+            prefix_query_tokens=int(counters.get("prefix_query_tokens", 0)),
+            prefix_hit_tokens=int(counters.get("prefix_hit_tokens", 0)),
+            num_preemptions=int(s.num_preemptions),
+            swapped_out_blocks=b.swapped_out_blocks, swapped_in_blocks=b.swapped_in_blocks,
+            num_finished=b.num_finished, num_aborted=b.num_aborted, recent_latencies=b.latencies())
+        return self.stats
 
     def _record_step(self, out: SchedulerOutput, duration: float, swap_time: float, now: float) -> None:
         self.num_steps += 1
         m = self.allocator.memory_report()
+        self._book.swapped_out_blocks += len(out.blocks_to_swap_out)
+        self._book.swapped_in_blocks += len(out.blocks_to_swap_in)
         s = self.scheduler
         self.step_records.append(StepRecord(
             step=self.num_steps, time=now, duration_s=duration, num_running=len(s.running),
@@ -203,22 +283,30 @@ class LLMEngine:
             reservation=m.reservation, internal_frag=m.internal_frag, external_frag=m.external_frag,
             free_slots=m.free_slots, logical_blocks=m.logical_blocks, physical_blocks=m.physical_blocks,
             shared_saved_slots=m.shared_saved_slots))
+        self.publish_stats(out, duration, m, self.step_records[-1].num_running_seqs)
 
     # -- outputs --
     def make_output(self, req: Request) -> RequestOutput:
+        """The request's outputs so far. Text is detokenized incrementally (only the tokens added
+        since the last call are decoded, see :mod:`kvlab.detokenize`); beams, whose sequences are
+        rewritten, are decoded whole."""
         outs = []
+        finished_req = req.finish_time is not None
         for i, seq in enumerate(reported_seqs(req)):
             ids = seq.output_token_ids
             text = ""
-            if self.tokenizer is not None:
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if self._decode is not None:
+                text = self._text(req, seq, ids, finished_req or seq.is_finished)
                 if isinstance(seq.stop_reason, str) and seq.stop_reason in text:
                     text = text[: text.index(seq.stop_reason)]
             lps = seq.top_logprobs if req.sampling_params.logprobs is not None else None
             outs.append(CompletionOutput(i, text, list(ids), seq.cumulative_logprob, lps,
                                          seq.status.finish_reason if seq.is_finished else None,
                                          seq.stop_reason))
-        finished = req.finish_time is not None
+        if finished_req:
+            for seq in req.seqs:
+                self._detok.pop(seq.seq_id, None)
+        finished = finished_req
         rec = self.request_records[-1] if finished and self.request_records and \
             self.request_records[-1].request_id == req.request_id else None
         return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished,
@@ -233,3 +321,28 @@ def _build_executor(cfg: dict[str, Any]) -> Executor:
         name = resolve_auto(cfg)
     importlib.import_module(EXECUTOR_MODULES[name])  # registers the factory
     return EXECUTORS.build(name, cfg)
+
+
+class _Bookkeeping:
+    """Cumulative counters and a window of recent latencies: what the engine keeps in place of
+    unbounded per-request history when it runs as a server."""
+
+    def __init__(self, window: int) -> None:
+        self.num_finished = 0
+        self.num_aborted = 0
+        self.swapped_out_blocks = 0
+        self.swapped_in_blocks = 0
+        self._lat: deque[Latency] = deque(maxlen=window)
+        self._frozen: tuple[Latency, ...] = ()
+        self._stale = False
+
+    def finished(self, rec: RequestRecord) -> None:
+        self.num_finished += 1
+        self.num_aborted += rec.finish_reason == "abort"
+        self._lat.append(Latency(*request_latency(rec)))
+        self._stale = True
+
+    def latencies(self) -> tuple[Latency, ...]:
+        if self._stale:  # a new tuple only after a request finished; snapshots share it otherwise
+            self._frozen, self._stale = tuple(self._lat), False
+        return self._frozen

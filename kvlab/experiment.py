@@ -60,7 +60,8 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     pd.DataFrame([r.as_dict() for r in engine.request_records]).to_csv(out / "requests.csv", index=False)
     pd.DataFrame([s.as_dict() for s in engine.step_records]).to_csv(out / "steps.csv", index=False)
     _write_config(cfg, out / "config.yaml")
-    write_manifest(out, cfg, started=started, model=provenance, extra={"entry_point": "kvlab.run", "device": metrics.get("device")})
+    write_manifest(out, cfg, started=started, model=provenance,
+                   extra={"entry_point": "kvlab.run", "device": metrics.get("device")})
     samples = [] if engine.tokenizer is None else _samples(engine)
     return {"metrics": metrics, "engine": engine, "workload": workload, "samples": samples}
 
@@ -85,7 +86,7 @@ def _allocator_counters(engine: LLMEngine) -> dict[str, Any]:
 
 def _samples(engine: LLMEngine, k: int = 3) -> list[tuple[str, str]]:
     out = []
-    for req in list(engine.requests.values())[:k]:
+    for req in list(engine.finished_requests)[:k]:
         o = engine.make_output(req)
         prompt = req.prompt if req.prompt is not None else engine.tokenizer.decode(req.prompt_token_ids)
         out.append((prompt, o.outputs[0].text if o.outputs else ""))

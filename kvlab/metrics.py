@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -53,16 +54,39 @@ def time_average(values: Iterable[float], weights: Iterable[float]) -> float:
     return float(np.dot(v, w) / w.sum()) if w.sum() > 0 else float(v.mean())
 
 
+class RequestLatency(NamedTuple):
+    """One finished request's latencies in seconds; None where undefined (no token / one token)."""
+
+    ttft_s: float | None
+    tpot_s: float | None
+    e2el_s: float
+
+
+def request_latency(r: RequestRecord) -> RequestLatency:
+    """TTFT, TPOT and E2EL of one finished request (vLLM bench definitions) — the only place these
+    formulas live: experiments, ``EngineStats`` and the server's Prometheus histograms all call it.
+
+    TTFT = first token - arrival; TPOT = (E2EL - TTFT) / (output_len - 1); E2EL = finish - arrival.
+    """
+    assert r.finish_time is not None, "request_latency needs a finished request"
+    ttft = tpot = None
+    if r.first_token_time is not None:
+        ttft = r.first_token_time - r.arrival_time
+        if r.output_len > 1:
+            tpot = (r.finish_time - r.first_token_time) / (r.output_len - 1)
+    return RequestLatency(ttft, tpot, r.finish_time - r.arrival_time)
+
+
 def latency_samples(finished: Sequence[RequestRecord]) -> dict[str, list[float]]:
     """Per-request TTFT / TPOT / E2EL and pooled ITL samples, in milliseconds (vLLM bench)."""
     out: dict[str, list[float]] = {m: [] for m in LATENCIES}
     for r in finished:
-        assert r.finish_time is not None
-        out["e2el"].append((r.finish_time - r.arrival_time) * 1e3)
-        if r.first_token_time is not None:
-            out["ttft"].append((r.first_token_time - r.arrival_time) * 1e3)
-            if r.output_len > 1:  # (E2EL - TTFT) / (output_len - 1)
-                out["tpot"].append((r.finish_time - r.first_token_time) / (r.output_len - 1) * 1e3)
+        lat = request_latency(r)
+        out["e2el"].append(lat.e2el_s * 1e3)
+        if lat.ttft_s is not None:
+            out["ttft"].append(lat.ttft_s * 1e3)
+        if lat.tpot_s is not None:
+            out["tpot"].append(lat.tpot_s * 1e3)
         out["itl"].extend((np.diff(np.asarray(r.token_times, dtype=float)) * 1e3).tolist())
     return out
 

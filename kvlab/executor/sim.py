@@ -198,24 +198,13 @@ class SimExecutor:
         return out
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    """``cfg.a.b`` for dicts and OmegaConf configs; ``default`` where a level is absent/None."""
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        try:
-            node = node[part] if isinstance(node, Mapping) or hasattr(node, "__getitem__") else getattr(
-                node, part)
-        except (KeyError, AttributeError, TypeError):
-            return default
-    return default if node is None else node
+def _group(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
+    from kvlab.config import section
 
-
-def _plain(node: Any) -> dict[str, Any]:
-    if node is None:
-        raise ValueError("sim executor: config needs a 'model' and a 'hardware' group")
-    return {k: node[k] for k in node}
+    value = section(cfg, name)
+    if not value:
+        raise ValueError(f"sim executor: config needs a {name!r} group")
+    return value
 
 
 @EXECUTORS.register("sim")
@@ -224,16 +213,19 @@ def build_sim_executor(cfg: Any) -> SimExecutor:
     ``cfg.kv.{gpu_memory_utilization,swap_space_gib,max_model_len}``,
     ``cfg.scheduler.max_num_batched_tokens`` (paper-era 2560 if absent), ``cfg.seed`` and the
     options of ``conf/executor/sim.yaml`` (``cfg.executor``)."""
-    shape = ModelShape.from_config(_plain(_get(cfg, "model")))
-    hw = HardwareProfile.from_config(_plain(_get(cfg, "hardware")))
+    from kvlab.config import KVConfig, section, to_plain
+
+    cfg = to_plain(cfg)
+    kv, ex, sched = KVConfig.from_config(cfg), section(cfg, "executor"), section(cfg, "scheduler")
+    shape = ModelShape.from_config(_group(cfg, "model"))
+    hw = HardwareProfile.from_config(_group(cfg, "hardware"))
     return SimExecutor(
         shape, hw,
-        gpu_memory_utilization=float(_get(cfg, "kv.gpu_memory_utilization", 0.9)),
-        swap_space_gib=float(_get(cfg, "kv.swap_space_gib", 4.0)),
-        max_num_batched_tokens=int(_get(cfg, "scheduler.max_num_batched_tokens",
-                                        PAPER_MAX_NUM_BATCHED_TOKENS)),
-        max_model_len=_get(cfg, "kv.max_model_len"),
-        seed=int(_get(cfg, "seed", 0)),
-        kernels_per_layer=int(_get(cfg, "executor.kernels_per_layer", KERNELS_PER_LAYER)),
-        workspace_bytes=int(float(_get(cfg, "executor.workspace_gib", 1.0)) * GIB),
+        gpu_memory_utilization=kv.gpu_memory_utilization,
+        swap_space_gib=kv.swap_space_gib,
+        max_num_batched_tokens=int(sched.get("max_num_batched_tokens") or PAPER_MAX_NUM_BATCHED_TOKENS),
+        max_model_len=kv.max_model_len,
+        seed=int(cfg.get("seed") or 0),
+        kernels_per_layer=int(ex.get("kernels_per_layer") or KERNELS_PER_LAYER),
+        workspace_bytes=int(float(ex["workspace_gib"] if ex.get("workspace_gib") is not None else 1.0) * GIB),
     )

@@ -193,34 +193,26 @@ class TorchExecutor:
         return logits, sampled
 
 
-def _plain(x: Any) -> Any:
-    """OmegaConf nodes -> plain containers; anything else unchanged."""
-    try:
-        from omegaconf import OmegaConf
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        return x
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else x
-
-
 @EXECUTORS.register("torch")
 def build_torch_executor(cfg: Mapping[str, Any]) -> TorchExecutor:
     """Build from the whole run config: ``model`` (a model config mapping, or a name/path for
     :func:`resolve_model`), ``device``, ``dtype``, ``seed``, ``kv.*`` and ``executor.*``."""
-    cfg = _plain(cfg)
+    from kvlab.config import KVConfig, section, to_plain
+
+    cfg = to_plain(cfg)
     model = cfg["model"]
     model_cfg = resolve_model(model) if isinstance(model, str) else dict(model)
-    kv = cfg.get("kv") or {}
-    ex = cfg.get("executor") or {}
+    kv, ex = KVConfig.from_config(cfg), section(cfg, "executor")
     return TorchExecutor(
         model_cfg,
-        device=str(cfg.get("device", "auto")),
-        dtype=str(cfg.get("dtype", "auto")),
-        kv_cache_gib=ex.get("kv_cache_gib", kv.get("kv_cache_gib")),
-        gpu_memory_utilization=float(kv.get("gpu_memory_utilization", 0.9)),
-        seed=int(cfg.get("seed", 0)),
-        cpu_kv_gib=float(kv.get("cpu_kv_gib") or ex.get("cpu_kv_gib") or DEFAULT_CPU_KV_GIB),
-        attention_backend=str(ex.get("attention_backend", "auto")),
+        device=str(cfg.get("device") or "auto"),
+        dtype=str(cfg.get("dtype") or "auto"),
+        kv_cache_gib=kv.kv_cache_gib,
+        gpu_memory_utilization=kv.gpu_memory_utilization,
+        seed=int(cfg.get("seed") or 0),
+        cpu_kv_gib=kv.cpu_kv_gib,
+        attention_backend=str(ex.get("attention_backend") or "auto"),
         num_threads=ex.get("num_threads"),
-        max_model_len=kv.get("max_model_len"),
-        gemm=str(ex.get("gemm", "auto")),
+        max_model_len=kv.max_model_len,
+        gemm=str(ex.get("gemm") or "auto"),
     )

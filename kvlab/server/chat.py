@@ -1,7 +1,10 @@
 """``/v1/chat/completions``: messages through the model's chat template, chat-shaped responses.
 
 The conversation is rendered to text with the tokenizer's chat template (with the generation
-prompt) and then served exactly like a completion; responses and stream chunks take the chat
+prompt) and then served exactly like a completion. Messages are checked first: the role must be
+one of :data:`ROLES`, and no role, name or content may contain one of the tokenizer's special
+tokens (``<|im_end|>`` ...), which would let a message close its turn and forge another one in the
+rendered prompt (400 naming the message); responses and stream chunks take the chat
 shapes (``message`` / ``delta`` with the assistant role, ``logprobs.content``).
 """
 
@@ -15,6 +18,8 @@ from starlette.requests import Request as HttpRequest
 from kvlab.server.generate import ClientGone, Serving, build_params, envelope
 from kvlab.server.outputs import ChoiceCursor, Delta, usage
 from kvlab.server.protocol import ChatCompletionRequest, OpenAIError
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 def _text(content: str | list[dict[str, Any]] | None, i: int) -> str:
@@ -33,11 +38,36 @@ def _text(content: str | list[dict[str, Any]] | None, i: int) -> str:
     return "".join(parts)
 
 
+def control_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """The tokenizer's special-token strings (template control tokens such as ``<|im_end|>``)."""
+    found = set(getattr(tokenizer, "all_special_tokens", None) or [])
+    for tok in (getattr(tokenizer, "added_tokens_decoder", None) or {}).values():
+        if getattr(tok, "special", False):
+            found.add(str(tok))
+    return tuple(sorted(t for t in found if t))
+
+
+def _check_message(i: int, role: str, name: str | None, text: str, controls: tuple[str, ...]) -> None:
+    if role not in ROLES:
+        raise OpenAIError(400, f"messages[{i}].role {role[:40]!r} is not one of: {', '.join(ROLES)}",
+                          param=f"messages.{i}.role")
+    for field, value in (("name", name), ("content", text)):
+        if value and any(c in value for c in controls):
+            tok = next(c for c in controls if c in value)
+            raise OpenAIError(400, f"messages[{i}].{field} contains the control token {tok!r}, which the chat "
+                              "template reserves", param=f"messages.{i}.{field}")
+
+
 def chat_prompt(tokenizer: Any, body: ChatCompletionRequest) -> str:
-    """The conversation rendered by the chat template (400 if the template rejects it)."""
+    """The conversation rendered by the chat template (400 if a message or the template rejects it)."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise OpenAIError(400, "this model has no chat template: use /v1/completions", param="messages")
-    msgs = [{"role": m.role, "content": _text(m.content, i)} for i, m in enumerate(body.messages)]
+    controls = control_tokens(tokenizer)
+    msgs = []
+    for i, m in enumerate(body.messages):
+        text = _text(m.content, i)
+        _check_message(i, m.role, m.name, text, controls)
+        msgs.append({"role": m.role, "content": text})
     try:
         return tokenizer.apply_chat_template(
             msgs, tokenize=False, add_generation_prompt=body.add_generation_prompt

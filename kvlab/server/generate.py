@@ -1,16 +1,19 @@
-"""Serving one generation request: validate, enqueue on the engine thread, stream or collect.
+"""Serving one generation request: validate, tokenize, enqueue on the engine thread, stream or collect.
 
 Both ``/v1/completions`` and ``/v1/chat/completions`` go through :class:`Serving`: request
-fields become :class:`~kvlab.request.SamplingParams` (errors -> 400 naming the parameter), the
-prompt is tokenized and length-checked on the engine thread (prompt + max_tokens must fit the
-model's maximum length), and the handler then either streams SSE chunks or waits for the final
-output. Any way a handler ends before its request finished (client disconnect, cancellation,
-error) aborts the request, which frees its blocks.
+fields become :class:`~kvlab.request.SamplingParams` (errors -> 400 naming the parameter); the
+prompt is tokenized on a worker thread of the HTTP side (never on the engine thread, so a huge
+prompt delays only itself) and length-checked (prompt + max_tokens must fit the model's maximum
+length); then the request is added on the engine thread and the handler either streams SSE
+chunks or waits for the final output. Any way a handler ends before its request finished
+(client disconnect — streamed or not —, cancellation, error) aborts the request, which frees its
+blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +25,7 @@ from starlette.requests import Request as HttpRequest
 from kvlab.engine import LLMEngine
 from kvlab.outputs import RequestOutput
 from kvlab.request import SamplingParams
-from kvlab.server.async_engine import AsyncEngine, EngineDead, RequestStream
+from kvlab.server.async_engine import AsyncEngine, EngineDead, RequestStream, ShuttingDown
 from kvlab.server.outputs import DONE, ChoiceCursor, Delta, LogprobFormatter, next_delta, sse, usage
 from kvlab.server.protocol import GenerationRequest, OpenAIError, error_body, stop_list
 
@@ -83,69 +86,103 @@ class Serving:
                 code="model_not_found",
             )
 
+    def check_open(self) -> None:
+        """503 once a graceful shutdown has begun (new requests go elsewhere)."""
+        if self.engine.draining:
+            raise OpenAIError(503, "the server is shutting down", code="server_shutting_down",
+                              type_="service_unavailable")
+
+    async def tokenize(self, prompt: str | list[int]) -> list[int]:
+        """Token ids of ``prompt``, encoded on a worker thread (the fast tokenizer releases the GIL)."""
+        if not isinstance(prompt, str):
+            return list(prompt)
+        if self.tokenizer is None:
+            raise OpenAIError(400, "this model has no tokenizer: send token ids", param="prompt")
+        try:
+            return await asyncio.to_thread(self.tokenizer.encode, prompt)
+        except Exception as e:  # noqa: BLE001 - whatever the tokenizer rejects is the client's input
+            raise OpenAIError(400, f"the prompt cannot be tokenized: {e.__class__.__name__}",
+                              param="prompt") from None
+
+    def fit_to_vocab(self, params: SamplingParams) -> SamplingParams:
+        """Token-id parameters checked against the vocabulary (400 naming them); ``top_k`` above the
+        vocabulary means "no top-k" and is clamped; seeds are reduced to 63 bits."""
+        vocab = self.vocab_size
+        bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise OpenAIError(400, f"stop_token_ids: token id {bad} is outside the vocabulary [0, {vocab})",
+                              param="stop_token_ids")
+        changes: dict[str, Any] = {}
+        if params.top_k > vocab:
+            changes["top_k"] = vocab
+        if params.seed is not None and not 0 <= params.seed < 2**63:
+            changes["seed"] = params.seed % 2**63
+        return dataclasses.replace(params, **changes) if changes else params
+
     async def submit(
         self, prompt: str | list[int], params: SamplingParams, max_tokens_given: bool, prefix: str
     ) -> tuple[str, RequestStream]:
-        """Tokenize, check lengths and add the request on the engine thread."""
+        """Tokenize (off the engine thread), check lengths, then add the request on the engine thread."""
+        self.check_open()
         rid = f"{prefix}-{uuid.uuid4().hex[:24]}"
-        arrival = None if self.engine.engine.virtual_time else self.engine.engine.now()
+        ids = await self.tokenize(prompt)
         limit, vocab = self.max_model_len, self.vocab_size
+        if not ids:
+            raise OpenAIError(400, "the prompt is empty", param="prompt")
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise OpenAIError(400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="prompt")
+        params = self.fit_to_vocab(params)
+        if not max_tokens_given:  # a fresh params object: nothing the engine holds is ever mutated
+            params = dataclasses.replace(params, max_tokens=max(limit - len(ids), 1))
+        if len(ids) + params.max_tokens > limit:
+            raise OpenAIError(
+                400,
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(ids) + params.max_tokens} tokens ({len(ids)} in the prompt, "
+                f"{params.max_tokens} in the completion). Please reduce the prompt or max_tokens.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        real_clock = not self.engine.engine.virtual_time
 
-        def add(engine: LLMEngine) -> str:
-            if isinstance(prompt, str):
-                if engine.tokenizer is None:
-                    raise OpenAIError(400, "this model has no tokenizer: send token ids", param="prompt")
-                ids = engine.tokenizer.encode(prompt)
-            else:
-                ids = prompt
-            if not ids:
-                raise OpenAIError(400, "the prompt is empty", param="prompt")
-            bad = next((t for t in ids if not 0 <= t < vocab), None)
-            if bad is not None:
-                raise OpenAIError(
-                    400, f"token id {bad} is outside the vocabulary [0, {vocab})", param="prompt"
-                )
-            if not max_tokens_given:
-                params.max_tokens = max(limit - len(ids), 1)
-            if len(ids) + params.max_tokens > limit:
-                raise OpenAIError(
-                    400,
-                    f"This model's maximum context length is {limit} tokens. However, you requested "
-                    f"{len(ids) + params.max_tokens} tokens ({len(ids)} in the prompt, "
-                    f"{params.max_tokens} in the completion). Please reduce the prompt or max_tokens.",
-                    param="max_tokens",
-                    code="context_length_exceeded",
-                )
+        def add(engine: LLMEngine, waited_s: float) -> str:
+            # the arrival is back-dated by the time the command queued (engine clock, engine thread)
+            arrival = engine.now() - waited_s if real_clock else None
             try:
                 engine.add_request(ids, params, request_id=rid, arrival_time=arrival)
             except ValueError as e:
-                raise OpenAIError(400, str(e), param="prompt") from None
+                raise add_error(str(e), params) from None
             return rid
 
-        return await self.engine.add(add)
+        try:
+            return await self.engine.add(add)
+        except ShuttingDown:
+            self.check_open()
+            raise
 
     async def collect(self, rid: str, stream: RequestStream, http: HttpRequest) -> RequestOutput:
         """Wait for the final output; abort if the client disconnects or the handler is cancelled."""
+        gone = asyncio.ensure_future(_disconnected(http))
         try:
             while True:
-                try:
-                    out = await asyncio.wait_for(stream.get(), timeout=1.0)
-                except TimeoutError:
-                    if await http.is_disconnected():
-                        raise ClientGone(rid) from None
-                    continue
+                get = asyncio.ensure_future(stream.get())
+                done, _ = await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    raise ClientGone(rid)
+                out = get.result()
                 if out.finished:
                     break
+        except ShuttingDown as e:
+            raise OpenAIError(503, str(e), code="server_shutting_down", type_="service_unavailable") from None
         except BaseException:
             self.engine.abort(rid)
             raise
+        finally:
+            gone.cancel()
         if any(o.finish_reason == "abort" for o in out.outputs):
-            raise OpenAIError(
-                400,
-                "the request cannot fit in the server's KV cache (prompt x n too large)",
-                param="n",
-                code="kv_capacity_exceeded",
-            )
+            raise capacity_error(out, self.engine.stats.kv.total_slots)
         return out
 
     async def stream(
@@ -160,7 +197,8 @@ class Serving:
         """SSE events: one chunk per new piece of a choice, optional usage chunk, ``[DONE]``.
 
         ``chunk`` is the envelope (id, object, created, model); ``first(i)`` the choice sent once
-        before any text of choice i (chat's role delta)."""
+        before any text of choice i (chat's role delta). If the engine fails or the server shuts
+        down first, the stream ends with an error event and ``[DONE]``."""
         holdback = max((len(s) for s in stop_list(body.stop)), default=1) - 1
         cursors: dict[int, ChoiceCursor] = {}
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -181,13 +219,54 @@ class Serving:
             if include_usage and out is not None:
                 yield sse({**chunk, "choices": [], "usage": usage(out)})
             yield DONE
-        except EngineDead as e:
-            finished = True  # the engine already aborted it
-            yield sse(error_body(str(e), "server_error"))
+        except (EngineDead, ShuttingDown) as e:
+            finished = True  # the engine thread already aborted it
+            kind = "server_error" if isinstance(e, EngineDead) else "service_unavailable"
+            yield sse(error_body(str(e), kind))
             yield DONE
         finally:
             if not finished:
                 self.engine.abort(rid)
+
+
+async def _disconnected(http: HttpRequest) -> None:
+    """Returns when the client of a request whose body was already read disconnects."""
+    while True:
+        message = await http.receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
+def add_error(message: str, params: SamplingParams) -> OpenAIError:
+    """The 400 for a request the engine refused (``ValueError`` from ``add_request``), naming the
+    parameter the message is about (the engine names it; ``prompt`` otherwise)."""
+    low = message.lower()
+    fits = any(w in low for w in ("never fit", "cannot fit", "kv cache", "kv pool", "blocks"))
+    param = "prompt"
+    for name in ("max_tokens", "beam_width", "top_k", "stop_token_ids", "min_tokens", "logprobs"):
+        if name in low:
+            param = name
+            break
+    else:
+        if fits:
+            param = "n" if params.num_seqs > 1 else "max_tokens"
+    return OpenAIError(400, message, param=param, code="kv_capacity_exceeded" if fits else None)
+
+
+def capacity_error(out: RequestOutput, capacity_tokens: int) -> OpenAIError:
+    """The 400 for a request the scheduler dropped because it can never fit the KV cache."""
+    n = len(out.outputs)
+    prompt = len(out.prompt_token_ids)
+    done = max((len(o.token_ids) for o in out.outputs), default=0)
+    cause = (f"{n} sequences x ({prompt} prompt + {done} generated tokens so far)" if n > 1 else
+             f"{prompt} prompt + {done} generated tokens")
+    return OpenAIError(
+        400,
+        f"the request cannot fit in the server's KV cache ({capacity_tokens} token slots): it needed "
+        f"more than {cause}; reduce max_tokens" + (" or n" if n > 1 else ""),
+        param="n" if n > 1 else "max_tokens",
+        code="kv_capacity_exceeded",
+    )
 
 
 def envelope(prefix: str, obj: str, model: str) -> dict[str, Any]:

@@ -71,14 +71,9 @@ GENERATORS: dict[str, GeneratorSpec] = {
 
 
 def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    try:  # a Hydra DictConfig: resolve interpolations into plain Python values
-        from omegaconf import DictConfig, OmegaConf
+    from kvlab.config import to_plain  # the one config conversion
 
-        if isinstance(cfg, DictConfig):
-            return dict(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except ImportError:  # pragma: no cover - hydra is a dependency
-        pass
-    return dict(cfg)
+    return dict(to_plain(cfg))
 
 
 def _rate(v: Any) -> float | None:

@@ -16,7 +16,7 @@ from kvlab.server.async_engine import AsyncEngine
 
 async def generate(ae: AsyncEngine, prompt: list[int], max_tokens: int) -> RequestOutput:
     sp = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    _, stream = await ae.add(lambda e: e.add_request(prompt, sp).request_id)
+    _, stream = await ae.add(lambda e, _waited: e.add_request(prompt, sp).request_id)
     out = await stream.get()
     while not out.finished:  # drain the per-step outputs up to the final one
         out = await stream.get()

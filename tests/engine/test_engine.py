@@ -75,7 +75,7 @@ def test_beam_search_forks_and_frees(engine_factory, alloc):
     eng, ex = engine_factory(num_blocks=96, allocator=alloc, block_size=4, **opts)
     eng.add_request(list(range(1, 20)), SamplingParams(beam_width=4, max_tokens=16, ignore_eos=True))
     run_checked(eng, ex)
-    (out,) = [eng.make_output(r) for r in eng.requests.values()]
+    (out,) = [eng.make_output(r) for r in eng.finished_requests]
     assert len(out.outputs) == 4 and all(len(o.token_ids) == 16 for o in out.outputs)
     scores = [o.cumulative_logprob for o in out.outputs]
     assert scores == sorted(scores, reverse=True)

@@ -106,3 +106,16 @@ def start_server(
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """SmolLM2's real tokenizer (no weights)."""
+    from kvlab.models.config import resolve_model
+    from kvlab.models.loader import checkpoint_dir, load_tokenizer
+
+    path = checkpoint_dir(resolve_model(MODEL))
+    assert path is not None
+    tok = load_tokenizer(path)
+    assert tok is not None
+    return tok

@@ -154,3 +154,26 @@ def test_garbage_never_crashes_and_leaves_no_block(server: ServerProcess, http: 
     h = server.wait_idle()
     assert h["free_blocks"] == h["num_blocks"] and h["in_flight"] == 0, h
     assert http.post("/v1/completions", json=completion()).status_code == 200
+
+
+def test_issue17_reproducers_on_the_real_model(server: ServerProcess, http: httpx.Client) -> None:
+    """Each bad request gets a 4xx (or is clamped and served) while another stream goes on."""
+    body = completion(prompt="Count slowly:", max_tokens=24, ignore_eos=True, stream=True)
+    with http.stream("POST", "/v1/completions", json=body) as live:
+        lines = live.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+        r = http.post("/v1/completions", json=completion(top_k=10**20, max_tokens=2))
+        assert r.status_code == 200, r.text
+        assert_error(http.post("/v1/completions", json=completion(stop_token_ids=[10**9], min_tokens=1)), 400,
+                     "stop_token_ids")
+        raw = '{"model": "%s", "prompt": "a\\ud800b", "max_tokens": 2}' % MODEL  # noqa: UP031
+        assert_error(http.post("/v1/completions", content=raw, headers={"content-type": "application/json"}),
+                     400, "prompt")
+        deep = "[" * 100_000 + "]" * 100_000
+        assert_error(http.post("/v1/completions", content='{"prompt": %s}' % deep,  # noqa: UP031
+                               headers={"content-type": "application/json"}), 400)
+        rest = [line for line in lines if line.startswith("data:")]
+    assert rest[-1] == "data: [DONE]" and not any('"error"' in x for x in rest)
+    h = server.wait_idle()
+    assert h["free_blocks"] == h["num_blocks"] and h["status"] == "ok"
+    assert "Traceback" not in server.log

@@ -114,3 +114,40 @@ def test_resolve_best_composes_the_served_config(sweep: Path, capsys: pytest.Cap
     assert cfg["allocator"]["block_size"] == 32 and cfg["allocator"]["num_blocks"] is None
     assert cfg["model"]["name"] == "smollm2-135m" and cfg["server"]["port"] == 9
     assert "contiguous" in capsys.readouterr().out
+
+
+def test_api_key_sources_file_then_env_then_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kvlab.serve import resolve_api_key
+
+    monkeypatch.delenv("KVLAB_API_KEY", raising=False)
+    assert resolve_api_key({}) is None
+    assert resolve_api_key({"api_key": "cli"}) == "cli"
+    monkeypatch.setenv("KVLAB_API_KEY", "from-env")
+    assert resolve_api_key({"api_key": "cli"}) == "from-env"
+    monkeypatch.setenv("OTHER_KEY", "other")
+    assert resolve_api_key({"api_key_env": "OTHER_KEY"}) == "other"
+    key = tmp_path / "key"
+    key.write_text("from-file\nignored\n")
+    assert resolve_api_key({"api_key_file": str(key), "api_key": "cli"}) == "from-file"
+    with pytest.raises(ValueError, match="server.api_key_file"):
+        resolve_api_key({"api_key_file": str(tmp_path / "missing")})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="is empty"):
+        resolve_api_key({"api_key_file": str(tmp_path / "empty")})
+
+
+def test_capacity_error_names_the_real_cause() -> None:
+    from kvlab.outputs import CompletionOutput, RequestOutput
+    from kvlab.request import SamplingParams
+    from kvlab.server.generate import add_error, capacity_error
+
+    one = RequestOutput("r", None, list(range(10)), [CompletionOutput(0, "", [1] * 900, None, None, "abort")], True)
+    err = capacity_error(one, 1024)
+    assert err.param == "max_tokens" and err.code == "kv_capacity_exceeded" and "1024" in err.message
+    assert "x" not in err.message.split("(")[0] and "n" not in err.message.split(";")[-1].split()
+    many = RequestOutput("r", None, [1] * 10, [CompletionOutput(i, "", [1], None, None, "abort") for i in range(8)],
+                         True)
+    assert capacity_error(many, 1024).param == "n"
+    assert add_error("the request can never fit the KV cache", SamplingParams(n=1)).param == "max_tokens"
+    assert add_error("the request can never fit the KV cache", SamplingParams(n=4)).param == "n"
+    assert add_error("request id 'x' is already in use", SamplingParams()).param == "prompt"
