@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from kvlab.config import DEFAULT_CPU_KV_GIB
 from kvlab.executor import EXECUTORS
 from kvlab.executor.base import ScheduledSeq, StepInput, StepOutput
 from kvlab.executor.device_monitor import DeviceMonitor
@@ -33,7 +34,6 @@ from kvlab.models.llama import LlamaModel
 from kvlab.models.loader import load_model
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEFAULT_CPU_KV_GIB = 2.0
 # Activation + workspace headroom kept free on a GPU besides weights (an estimate, not profiled):
 # 8192 batched tokens of hidden/qkv/ffn activations, 512 rows of fp32 logits, 256 MiB workspace.
 ACT_TOKENS, LOGIT_ROWS, WORKSPACE = 8192, 512, 256 << 20
