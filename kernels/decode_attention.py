@@ -21,11 +21,12 @@ import math
 import torch
 import triton
 import triton.language as tl
-from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_in_fp32, next_pow2, num_sms
+from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_mode, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
+PROGRAMS_PER_SM = 4  # no K/V reuse across programs: occupancy hides load latency (first guess, untuned)
 
 
 @triton.jit
@@ -41,7 +42,7 @@ def _decode_kernel(
     s_ln, s_lh, s_ls,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, DOT_F32: tl.constexpr,
+    SPLIT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -76,7 +77,7 @@ def _decode_kernel(
         v = tl.load(v_ptr + block[:, None] * s_vb + row[:, None] * s_vs + kvh * s_vh + offs_d[None, :] * s_vd,
                     mask=kv_mask, other=0.0)
         if DOT_F32:
-            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=DOT_PREC)
         else:
             s = tl.dot(q, tl.trans(k))
         s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))
@@ -85,7 +86,7 @@ def _decode_kernel(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DOT_F32:
-            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            pv = tl.dot(p, v.to(tl.float32), input_precision=DOT_PREC)
         else:
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv
@@ -130,13 +131,13 @@ def _reduce_kernel(
 
 
 def choose_num_splits(max_seq_len: int, num_seqs: int, num_kv_heads: int, num_sms: int) -> int:
-    """Split-K factor: enough programs for about two per SM, each split >= 256 tokens, <= 64 splits.
+    """Split-K factor: enough programs for about four per SM, each split >= 256 tokens, <= 64 splits.
 
     ``num_seqs * num_kv_heads`` programs without splitting; if they already fill the device
     (or ``num_sms`` is 0, i.e. no GPU) the answer is 1.
     """
     base = max(1, num_seqs * num_kv_heads)
-    target = 2 * num_sms
+    target = PROGRAMS_PER_SM * num_sms
     if base >= target:
         return 1
     by_occupancy = math.ceil(target / base)
@@ -161,7 +162,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         out: optional [N, H, D] output tensor (written in place and returned).
         max_seq_len: a host-side upper bound on ``seq_lens`` (sizes the splits without a device
             sync); default ``max_blocks * block_size``. Must not be below any ``seq_lens``.
-        block_n: positions per tile (power of two >= 16); default 64 (128 under the interpreter).
+        block_n: positions per tile (power of two >= 16); default 64 (32 for fp32 dots on a GPU,
+            128 under the interpreter).
     Returns:
         [N, H, D] in ``q.dtype``.
     """
@@ -183,15 +185,15 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if num_splits is None:
         num_splits = choose_num_splits(bound, N, kvh, num_sms(dev))
     check(isinstance(num_splits, int) and num_splits >= 1, f"num_splits must be an int >= 1, got {num_splits!r}")
-    if block_n is None:
-        block_n = 128 if dev.type != "cuda" else 64
+    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype)
+    if block_n is None:  # fewer, bigger tiles in the interpreter; fp32 dots on a GPU need smaller ones
+        block_n = 128 if dev.type != "cuda" else (32 if dot_f32 else 64)
     check(block_n >= 16 and block_n & (block_n - 1) == 0, f"block_n must be a power of two >= 16, got {block_n}")
     split_len = triton.cdiv(triton.cdiv(bound, num_splits), block_n) * block_n
     num_splits = triton.cdiv(bound, split_len)  # drop splits that would always be empty
     G = H // kvh
-    dot_f32 = dot_in_fp32(k_cache.dtype) or q.dtype != k_cache.dtype
     common = dict(G=G, HEAD_DIM=D, BLOCK_SIZE=block_size, BLOCK_G=max(16, next_pow2(G)),
-                  BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, DOT_F32=dot_f32,
+                  BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, DOT_F32=dot_f32, DOT_PREC=dot_prec,
                   num_warps=num_warps, num_stages=num_stages)
     qk_scale = float(scale) * LOG2E
     if num_splits == 1:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_in_fp32, next_pow2
+from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_mode, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -35,7 +35,8 @@ def _prefill_kernel(
     s_btn, s_btb,
     s_ot, s_oh, s_od,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     tile = tl.program_id(0)
     seq = tl.program_id(1)
@@ -77,7 +78,7 @@ def _prefill_kernel(
         v = tl.load(v_ptr + block[:, None] * s_vb + row[:, None] * s_vs + kvh * s_vh + offs_d[None, :] * s_vd,
                     mask=kv_mask, other=0.0)
         if DOT_F32:
-            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
+            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=DOT_PREC)
         else:
             s = tl.dot(q, tl.trans(k))
         visible = n_mask[None, :] & (pos[None, :] <= q_pos[:, None])
@@ -88,7 +89,7 @@ def _prefill_kernel(
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         if DOT_F32:
-            pv = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+            pv = tl.dot(p, v.to(tl.float32), input_precision=DOT_PREC)
         else:
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv
@@ -102,7 +103,7 @@ def _prefill_kernel(
 def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                       query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                       out: torch.Tensor | None = None, max_query_len: int | None = None,
-                      block_m: int | None = None, block_n: int | None = None, num_warps: int = 4,
+                      block_m: int | None = None, block_n: int | None = None, num_warps: int = 8,
                       num_stages: int = 2) -> torch.Tensor:
     """Causal attention of packed new tokens over their paged contexts. Pure except for ``out``.
 
@@ -116,7 +117,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         scale: softmax scale.
         out: optional [T, H, D] output (written in place and returned).
         max_query_len: host-known bound on any n_i (sizes the grid; default T, no device sync).
-        block_m: query rows (token x head-in-group) per program; block_n: key positions per tile.
+        block_m: query rows (token x head-in-group) per program; block_n: key positions per tile
+            (defaults 64 x 64; 32 x 32 for fp32 dots on a GPU).
     Returns:
         [T, H, D] in ``q.dtype``.
     """
@@ -139,10 +141,12 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     if T == 0 or S == 0 or max_q == 0:
         return out
     G = H // kvh
+    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype)
+    small = dot_f32 and dev.type == "cuda"  # fp32 tiles: 32 x 32 keeps 8 warps from spilling registers
     if block_m is None:
-        block_m = 64
+        block_m = 32 if small else 64
     if block_n is None:
-        block_n = 64
+        block_n = 32 if small else 64
     for name, val in (("block_m", block_m), ("block_n", block_n)):
         check(val >= 16 and val & (val - 1) == 0, f"{name} must be a power of two >= 16, got {val}")
     grid = (triton.cdiv(max_q * G, block_m), S, kvh)
@@ -150,7 +154,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, float(scale) * LOG2E,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride(),
         G=G, HEAD_DIM=D, BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n,
-        DOT_F32=dot_in_fp32(k_cache.dtype) or q.dtype != k_cache.dtype, num_warps=num_warps, num_stages=num_stages)
+        DOT_F32=dot_f32, DOT_PREC=dot_prec, num_warps=num_warps, num_stages=num_stages)
     return out
 
 
@@ -168,7 +172,7 @@ def prefill_attention_ref(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         k = k_cache[blocks].reshape(-1, kvh, D)[:L].float().repeat_interleave(H // kvh, dim=1)
         v = v_cache[blocks].reshape(-1, kvh, D)[:L].float().repeat_interleave(H // kvh, dim=1)
         s = torch.einsum("thd,nhd->htn", q[a:b].float(), k) * scale
-        q_pos = torch.arange(L - (b - a), L)
-        s = s.masked_fill(torch.arange(L)[None, :] > q_pos[:, None], float("-inf"))
+        q_pos = torch.arange(L - (b - a), L, device=q.device)
+        s = s.masked_fill(torch.arange(L, device=q.device)[None, :] > q_pos[:, None], float("-inf"))
         out[a:b] = torch.einsum("htn,nhd->thd", s.softmax(-1), v).to(q.dtype)
     return out

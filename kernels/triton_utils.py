@@ -19,10 +19,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def dot_in_fp32(dtype: torch.dtype) -> bool:
-    """Whether tiles must be cast to fp32 before ``tl.dot``: fp32 data (exact IEEE dots instead of
-    TF32) and every dtype under the interpreter (its bf16 dot returns garbage)."""
-    return dtype == torch.float32 or interpreting()
+def dot_mode(q_dtype: torch.dtype, cache_dtype: torch.dtype) -> tuple[bool, str]:
+    """(cast tiles to fp32 before ``tl.dot``, ``input_precision`` for those fp32 dots).
+
+    fp16/bf16 data go to ``tl.dot`` as they are (fp32 accumulation): (False, unused). fp32 or mixed
+    data are cast to fp32 and use 3xTF32 on a GPU (about fp32 accuracy on tensor cores; exact IEEE
+    dots there are FMA loops that spill registers). Under the interpreter everything is cast (its
+    bf16 dot returns garbage) and the dot is IEEE.
+    """
+    if interpreting():
+        return True, "ieee"
+    if cache_dtype == torch.float32 or q_dtype != cache_dtype:
+        return True, "tf32x3"
+    return False, "ieee"
 
 
 @functools.cache

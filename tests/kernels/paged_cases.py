@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 LAYOUTS = ("shuffled", "contiguous", "shared_prefix")
+# the small comparisons run in the interpreter on a CPU and compiled on a GPU machine
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -30,7 +32,7 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def make_paged(lens: list[int], block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-               layout: str = "shuffled", device: str | torch.device = "cpu", seed: int = 0,
+               layout: str = "shuffled", device: str | torch.device = DEVICE, seed: int = 0,
                extra_blocks: int = 2) -> PagedCase:
     """Caches holding random K/V for sequences of ``lens`` tokens, tables laid out as ``layout``:
 
@@ -77,7 +79,7 @@ def make_paged(lens: list[int], block_size: int, kv_heads: int, head_dim: int, d
     return PagedCase(k_cache, v_cache, tables.to(device), torch.tensor(lens, dtype=torch.int32, device=device))
 
 
-def randn(*shape: int, dtype: torch.dtype, device: str | torch.device = "cpu", seed: int = 1) -> torch.Tensor:
+def randn(*shape: int, dtype: torch.dtype, device: str | torch.device = DEVICE, seed: int = 1) -> torch.Tensor:
     """Random normal tensor drawn on ``device`` with a fixed seed."""
     gen = torch.Generator(device=device).manual_seed(seed)
     return torch.randn(*shape, generator=gen, device=device).to(dtype)

@@ -6,13 +6,13 @@ import pytest
 import torch
 from kvlab.kernels.cache_ops import write_kv
 
-from tests.kernels.paged_cases import randn
+from tests.kernels.paged_cases import DEVICE, randn
 
 wk = pytest.importorskip("kvlab.kernels.write_kv_triton")
 cb = pytest.importorskip("kvlab.kernels.copy_blocks_triton")
 
 
-def _strided_caches(num_blocks, block_size, kvh, D, dtype, device="cpu"):
+def _strided_caches(num_blocks, block_size, kvh, D, dtype, device=DEVICE):
     buf = randn(num_blocks, block_size, kvh, 2, D + 4, dtype=dtype, device=device, seed=3)
     return buf[..., 0, :D], buf[..., 1, :D], buf
 
@@ -24,7 +24,7 @@ def test_write_kv_matches_reference(block_size, dtype):
     k_c, v_c, _ = _strided_caches(nb, block_size, kvh, D, dtype)
     k_r, v_r = k_c.clone(), v_c.clone()
     T = min(nb * block_size, 7)
-    slots = torch.randperm(nb * block_size, generator=torch.Generator().manual_seed(0))[:T]
+    slots = torch.randperm(nb * block_size, generator=torch.Generator().manual_seed(0))[:T].to(DEVICE)
     # fp32 K/V cast into an fp16 cache too; not into bf16: the interpreter truncates fp32 -> bf16
     # where torch (and compiled Triton) round to nearest even
     src_dtype = torch.float32 if dtype != torch.bfloat16 else dtype
@@ -39,7 +39,7 @@ def test_write_kv_negative_slots_skip():
     k_c, v_c, _ = _strided_caches(4, 4, 2, 16, torch.float32)
     before_k, before_v = k_c.clone(), v_c.clone()
     k = randn(3, 2, 16, dtype=torch.float32, seed=6)
-    slots = torch.tensor([5, -1, 14], dtype=torch.int64)
+    slots = torch.tensor([5, -1, 14], dtype=torch.int64, device=DEVICE)
     wk.write_kv_triton(k, -k, k_c, v_c, slots)
     before_k.view(-1, 2, 16)[[5, 14]] = k[[0, 2]]
     before_v.view(-1, 2, 16)[[5, 14]] = -k[[0, 2]]
@@ -50,17 +50,17 @@ def test_write_kv_rejects_bad_args():
     k_c, v_c, _ = _strided_caches(4, 4, 2, 16, torch.float32)
     k = randn(3, 2, 16, dtype=torch.float32)
     with pytest.raises(ValueError, match="slot_mapping"):
-        wk.write_kv_triton(k, k, k_c, v_c, torch.zeros(2, dtype=torch.int64))
+        wk.write_kv_triton(k, k, k_c, v_c, torch.zeros(2, dtype=torch.int64, device=DEVICE))
     with pytest.raises(ValueError, match="does not fit"):
-        wk.write_kv_triton(k[:, :1], k[:, :1], k_c, v_c, torch.zeros(3, dtype=torch.int64))
+        wk.write_kv_triton(k[:, :1], k[:, :1], k_c, v_c, torch.zeros(3, dtype=torch.int64, device=DEVICE))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_copy_blocks_matches_reference(dtype):
     cache = randn(2 * 3, 9, 4, 2, 20, dtype=dtype, seed=7)  # [layers*2, blocks, block_size, kvh, D]
     ref = cache.clone()
-    src = torch.tensor([0, 4, 4, 8], dtype=torch.int64)
-    dst = torch.tensor([1, 2, 5, 7], dtype=torch.int64)
+    src = torch.tensor([0, 4, 4, 8], dtype=torch.int64, device=DEVICE)
+    dst = torch.tensor([1, 2, 5, 7], dtype=torch.int64, device=DEVICE)
     cb.copy_blocks_triton(cache, src, dst, block=64)  # 160 elements per block: 3 chunks
     cb.copy_blocks_ref(ref, src, dst)
     assert torch.equal(cache, ref)
@@ -71,7 +71,7 @@ def test_copy_blocks_strided_planes_and_checks():
     big = randn(4, 2, 10, 8, 6, dtype=torch.float32, seed=8)
     view = big[1:3].flatten(0, 1)  # P=4 planes of a bigger tensor: dims 2.. dense
     ref = view.clone()
-    src, dst = torch.tensor([3, 9]), torch.tensor([0, 1])
+    src, dst = torch.tensor([3, 9], device=DEVICE), torch.tensor([0, 1], device=DEVICE)
     cb.copy_blocks_triton(view, src, dst)
     cb.copy_blocks_ref(ref, src, dst)
     assert torch.equal(view, ref) and torch.equal(big[1:3].flatten(0, 1), ref)

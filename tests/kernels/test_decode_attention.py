@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.kernels.paged_cases import make_paged, randn, tolerance
+from tests.kernels.paged_cases import DEVICE, make_paged, randn, tolerance
 
 dec = pytest.importorskip("kvlab.kernels.decode_attention")
 
 LENS = [1, 37, 19, 16]  # not multiples of the block size (except one), a one-token context
 
 
-def _run(lens, block_size, kvh, group, dtype, layout="shuffled", num_splits=1, head_dim=24, device="cpu",
+def _run(lens, block_size, kvh, group, dtype, layout="shuffled", num_splits=1, head_dim=24, device=DEVICE,
          block_n=None, max_seq_len=None):
     case = make_paged(lens, block_size, kvh, head_dim, dtype, layout, device=device)
     q = randn(len(lens), kvh * group, head_dim, dtype=dtype, device=device)
@@ -70,8 +72,11 @@ def test_decode_writes_into_out_and_rejects_bad_args():
 
 
 def test_choose_num_splits():
-    assert dec.choose_num_splits(32768, 1, 8, 132) == 33  # one long sequence: fill the SMs
-    assert dec.choose_num_splits(32768, 64, 8, 132) == 1  # 512 programs already fill 132 SMs
+    assert dec.choose_num_splits(32768, 1, 8, 132) == 64  # one long sequence: 4 x 132 / 8 = 66, capped
+    assert dec.choose_num_splits(4096, 16, 8, 132) == 5  # 128 programs -> 5 splits of ~820 tokens
+    assert dec.choose_num_splits(1024, 1, 8, 132) == 4  # limited by >= 256 tokens per split
+    assert dec.choose_num_splits(32768, 64, 8, 132) == 2  # 512 programs, just under 4 x 132
+    assert dec.choose_num_splits(32768, 256, 8, 132) == 1  # 2048 programs fill the device
     assert dec.choose_num_splits(300, 1, 1, 132) == 1  # too short to split
     assert dec.choose_num_splits(10**6, 1, 1, 132) == dec.MAX_SPLITS
     assert dec.choose_num_splits(32768, 1, 8, 0) == 1  # no GPU
@@ -94,3 +99,12 @@ def test_decode_cuda_real_sizes(block_size, num_splits):
 @pytest.mark.parametrize("group", [1, 3, 8])
 def test_decode_cuda_dtypes_groups(dtype, group):
     _run([1, 4000, 777, 8192, 15], 16, 2, group, dtype, num_splits=None, head_dim=64, device="cuda")
+
+
+@given(st.lists(st.integers(1, 60), min_size=1, max_size=4), st.sampled_from([1, 2, 8, 16]),
+       st.sampled_from([1, 3, 4]), st.integers(1, 5), st.sampled_from(["shuffled", "contiguous", "shared_prefix"]))
+@settings(max_examples=6, deadline=None, derandomize=True)
+def test_decode_random_batches(lens, block_size, group, num_splits, layout):
+    if layout == "shared_prefix" and len(lens) < 2:
+        lens = lens + [lens[0]]
+    _run(lens, block_size, 1, group, torch.float32, layout=layout, num_splits=num_splits, head_dim=16, block_n=16)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tests.kernels.paged_cases import make_paged, randn, tolerance
+from tests.kernels.paged_cases import DEVICE, make_paged, randn, tolerance
 
 pre = pytest.importorskip("kvlab.kernels.prefill_attention")
 
@@ -13,7 +15,7 @@ pre = pytest.importorskip("kvlab.kernels.prefill_attention")
 MIXED = [(37, 1), (5, 1), (29, 11), (13, 13)]
 
 
-def _run(seqs, block_size, kvh, group, dtype, layout="shuffled", head_dim=24, device="cpu", **kw):
+def _run(seqs, block_size, kvh, group, dtype, layout="shuffled", head_dim=24, device=DEVICE, **kw):
     lens = [L for L, _ in seqs]
     case = make_paged(lens, block_size, kvh, head_dim, dtype, layout, device=device)
     qsl = [0]
@@ -57,7 +59,7 @@ def test_prefill_decode_rows_equal_decode_kernel():
     seqs = [(37, 1), (5, 1), (20, 1)]
     case = make_paged([L for L, _ in seqs], 4, 2, 16, torch.float32)
     q = randn(3, 4, 16, dtype=torch.float32)
-    qsl = torch.tensor([0, 1, 2, 3], dtype=torch.int32)
+    qsl = torch.tensor([0, 1, 2, 3], dtype=torch.int32, device=DEVICE)
     a = pre.prefill_attention(q, case.k_cache, case.v_cache, case.block_tables, qsl, case.seq_lens, 0.25)
     b = dec.decode_attention(q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens, 0.25)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
@@ -68,10 +70,10 @@ def test_prefill_rejects_bad_args():
     q = randn(6, 4, 16, dtype=torch.float32)
     with pytest.raises(ValueError, match="query_start_loc"):
         pre.prefill_attention(q, case.k_cache, case.v_cache, case.block_tables,
-                              torch.tensor([0, 6], dtype=torch.int32), case.seq_lens, 0.25)
+                              torch.tensor([0, 6], dtype=torch.int32, device=DEVICE), case.seq_lens, 0.25)
     with pytest.raises(ValueError, match="seq_lens"):
         pre.prefill_attention(q, case.k_cache, case.v_cache, case.block_tables,
-                              torch.tensor([0, 3, 6], dtype=torch.int32), case.seq_lens.long(), 0.25)
+                              torch.tensor([0, 3, 6], dtype=torch.int32, device=DEVICE), case.seq_lens.long(), 0.25)
 
 
 @pytest.mark.gpu
@@ -90,3 +92,12 @@ def test_prefill_cuda_real_sizes(block_size):
 @pytest.mark.parametrize("group", [1, 3, 8])
 def test_prefill_cuda_dtypes_groups(dtype, group):
     _run([(1000, 1000), (4000, 333), (9, 1), (2048, 17)], 16, 2, group, dtype, head_dim=64, device="cuda")
+
+
+@given(st.lists(st.tuples(st.integers(1, 30), st.integers(0, 6)), min_size=1, max_size=4),
+       st.sampled_from([1, 2, 5, 16]), st.sampled_from([1, 2, 4]), st.sampled_from(["shuffled", "contiguous"]))
+@settings(max_examples=6, deadline=None, derandomize=True)
+def test_prefill_random_batches(seqs, block_size, group, layout):
+    # n new tokens of a context of L: n in 1..L (a drawn 0 means the whole context is new)
+    seqs = [(L, min(L, n) if n else L) for L, n in seqs]
+    _run(seqs, block_size, 1, group, torch.float32, layout=layout, head_dim=16, block_m=16, block_n=16)
