@@ -43,6 +43,8 @@ class TritonMetadata:
     prefill_block_tables: torch.Tensor | None
     query_start_loc: torch.Tensor | None
     prefill_seq_lens: torch.Tensor | None
+    max_decode_seq_len: int = 0  # host-known bounds: size the grids without a device sync per layer
+    max_query_len: int = 0
 
 
 def _padded_tables(spans: Sequence[SeqSpan], block_size: int) -> list[list[int]]:
@@ -85,6 +87,8 @@ class TritonBackend:
             prefill_block_tables=i32(_padded_tables(pre, block_size)) if pre else None,
             query_start_loc=i32(qsl) if pre else None,
             prefill_seq_lens=i32([s + n for s, n, _ in pre]) if pre else None,
+            max_decode_seq_len=max((s + n for s, n, _ in dec), default=0),
+            max_query_len=max((n for _, n, _ in pre), default=0),
         )
 
     def write_kv(self, layer: LayerKV, k: torch.Tensor, v: torch.Tensor, meta: TritonMetadata) -> None:
@@ -96,8 +100,8 @@ class TritonBackend:
         nd = meta.num_decodes
         if nd:
             decode_attention(q[:nd], layer.k, layer.v, meta.decode_block_tables, meta.decode_seq_lens, scale,
-                             out=out[:nd])
+                             out=out[:nd], max_seq_len=meta.max_decode_seq_len)
         if meta.prefill_seq_lens is not None:
             prefill_attention(q[nd:], layer.k, layer.v, meta.prefill_block_tables, meta.query_start_loc,
-                              meta.prefill_seq_lens, scale, out=out[nd:])
+                              meta.prefill_seq_lens, scale, out=out[nd:], max_query_len=meta.max_query_len)
         return out
