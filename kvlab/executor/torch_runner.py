@@ -156,7 +156,7 @@ class TorchExecutor:
                 raise ValueError(
                     f"seq {s.seq_id}: context {s.context_len} > max_model_len {self.max_model_len}"
                 )
-        decodes = [s for s in seqs if len(s.token_ids) == 1]
+        decodes = [s for s in seqs if s.is_decode]
         ordered = decodes + [s for s in seqs if len(s.token_ids) > 1]
         samples: dict[int, list] = {s.seq_id: [] for s in step.seqs}
         if ordered:

@@ -33,7 +33,7 @@ def decode_tok_s(ex: TorchExecutor, batch: int, context: int, steps: int) -> dic
     t = time.perf_counter()
     last: dict[int, int] = {}
     for i in range(0, batch, 4):  # prefill 4 sequences per step
-        step = StepInput([ScheduledSeq(j, str(j), prompt, 0, tables[j], 1, sp, is_prefill=True)
+        step = StepInput([ScheduledSeq(j, str(j), prompt, 0, tables[j], 1, sp)
                           for j in range(i, min(i + 4, batch))])
         last.update({k: v[0].token_id for k, v in ex.execute(step).samples.items()})
     prefill_s = time.perf_counter() - t
