@@ -142,12 +142,15 @@ class SchedulerBase(abc.ABC):
             fix = f"lower max_tokens or {key}"
         else:
             fix = "lower max_tokens or shorten the prompt"
-        one = self.allocator.worst_case_blocks(prompt, max_len, 1)
-        if num_seqs > 1 and one > self.allocator.num_blocks:
+        if self.allocator.worst_case_blocks(prompt, prompt + 1, 1) > self.allocator.num_blocks:
+            fix = ("even one sequence's reservation exceeds the pool: shorten the prompt, or use a larger "
+                   "pool or an allocator that reserves less")
+        elif num_seqs > 1 and self.allocator.worst_case_blocks(prompt, max_len, 1) > self.allocator.num_blocks:
             fix = "lower max_tokens or shorten the prompt"
+        nb = self.allocator.num_blocks
         raise ValueError(
-            f"request too large for the KV cache: {what} needs up to {need} blocks of {bs} tokens, "
-            f"but the pool holds {self.allocator.num_blocks} blocks; {fix}")
+            f"request too large for the KV cache: {what} needs up to {need} blocks, but the pool holds "
+            f"{nb} blocks of {bs} tokens ({nb * bs} tokens); {fix}")
 
     def has_unfinished_requests(self) -> bool:
         """Whether any queue holds a request. No mutation."""
