@@ -19,9 +19,9 @@ from kvlab.allocator import ALLOCATORS
 from kvlab.commit import Committer, reported_seqs
 from kvlab.config_check import EXECUTOR_MODULES, as_plain, check_config
 from kvlab.executor import EXECUTORS, Executor, ScheduledSeq, StepInput
-from kvlab.outputs import CompletionOutput, RequestOutput
 from kvlab.records import RequestRecord, StepRecord
 from kvlab.request import Request, SamplingParams
+from kvlab.request_output import CompletionOutput, RequestOutput
 from kvlab.scheduler import SCHEDULERS, SchedulerOutput
 
 GiB = 1 << 30

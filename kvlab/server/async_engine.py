@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kvlab.engine import LLMEngine
-from kvlab.outputs import RequestOutput
+from kvlab.request_output import RequestOutput
 from kvlab.server.metrics import ServerMetrics
 
 log = logging.getLogger("kvlab.serve")

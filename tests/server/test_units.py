@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kvlab.bench.stats import RequestResult, summarize
-from kvlab.outputs import CompletionOutput
+from kvlab.request_output import CompletionOutput
 from kvlab.serve import _shorthand
 from kvlab.server.best import best_overrides, pick_best
 from kvlab.server.outputs import ChoiceCursor, next_delta

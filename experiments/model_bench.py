@@ -1,6 +1,6 @@
 """Micro-benchmark of the torch executor: load time and batched-decode tokens/s.
 
-``python -m kvlab.models.bench --dtype bfloat16 --batch 1 32 --context 256 --steps 16 [--gemm native]``
+``python experiments/model_bench.py --dtype bfloat16 --batch 1 32 --context 256 --steps 16 [--gemm native]``
 prefills ``batch`` synthetic sequences of ``context`` tokens (block size 16, shuffled block ids),
 then times ``steps`` decode steps of the whole batch and prints one JSON line per batch size.
 Numbers are only meaningful on a quiet machine: on 2 shared cores another process halves them.
