@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING
 
 from kvlab.allocator.base import KVAllocator
 from kvlab.commit import Committer, KVOp
+from kvlab.registry import Registry
 from kvlab.request import Request, Sequence, SequenceStatus, is_decode
 
 if TYPE_CHECKING:  # data types only: the scheduler never calls the executor
     from kvlab.executor.base import StepOutput
 
 log = logging.getLogger(__name__)
+
+SCHEDULERS: Registry[SchedulerBase] = Registry("scheduler")  # short name = conf/scheduler/<name>.yaml
 
 
 @dataclass

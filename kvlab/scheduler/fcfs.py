@@ -21,11 +21,8 @@ from __future__ import annotations
 import bisect
 
 from kvlab.allocator.base import KVAllocator
-from kvlab.registry import Registry
 from kvlab.request import Request, SequenceStatus
-from kvlab.scheduler.base import ScheduledChunk, SchedulerBase, SchedulerOutput
-
-SCHEDULERS: Registry[SchedulerBase] = Registry("scheduler")
+from kvlab.scheduler.base import SCHEDULERS, ScheduledChunk, SchedulerBase, SchedulerOutput
 
 PREEMPTION_MODES = ("recompute", "swap")
 
