@@ -221,7 +221,7 @@ class LLMEngine:
         rec = self.request_records[-1] if finished and self.request_records and \
             self.request_records[-1].request_id == req.request_id else None
         return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished,
-                             req.num_cached_tokens, rec)
+                             req.num_cached_tokens, rec, finish_detail=req.finish_detail)
 
 
 def _vocab_size(executor: Executor, cfg: Mapping[str, Any]) -> int | None:

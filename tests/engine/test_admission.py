@@ -147,7 +147,7 @@ def test_one_failing_request_ends_alone_and_the_batch_goes_on(allocator, monkeyp
     by_id = {o.request_id: o for o in finished}
     assert set(by_id) == {"r0", "r1", "r2", "r3"}
     assert {c.finish_reason for c in by_id["r1"].outputs} == {"error"}
-    assert "RuntimeError: boom" in reqs[1].finish_detail
+    assert "RuntimeError: boom" in reqs[1].finish_detail and by_id["r1"].finish_detail == reqs[1].finish_detail
     for rid in ("r0", "r2", "r3"):
         assert all(c.finish_reason == "length" and len(c.token_ids) == 6 for c in by_id[rid].outputs)
     assert eng.allocator.num_free_blocks() == 128
