@@ -125,13 +125,13 @@ class Sequence:
     """One token stream with its own block table in the allocator.
 
     The allocator reads ``seq_id``, ``token_ids``, ``num_prompt_tokens``, ``num_computed_tokens``,
-    ``max_total_tokens`` and ``group_size``; it never mutates a sequence.
+    ``group_size`` and ``request.expected_output_len``; it never mutates a sequence.
     """
 
     __slots__ = (
         "seq_id", "request", "token_ids", "num_prompt_tokens", "num_computed_tokens", "status",
         "cumulative_logprob", "logprobs", "top_logprobs", "stop_reason", "num_cached_tokens",
-        "token_times", "parent_seq_id",
+        "token_times",
     )
 
     def __init__(self, request: Request, token_ids: list[int], seq_id: int | None = None) -> None:
@@ -147,7 +147,6 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache (last admission)
         self.token_times: list[float] = []
-        self.parent_seq_id: int | None = None
 
     # -- derived sizes (never stored twice) --
     @property
@@ -161,11 +160,6 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
-
-    @property
-    def max_total_tokens(self) -> int:
-        """Prompt + the output length the allocator should expect (oracle length if known)."""
-        return self.num_prompt_tokens + self.request.expected_output_len
 
     @property
     def group_size(self) -> int:
@@ -184,7 +178,6 @@ class Sequence:
         child.logprobs = list(self.logprobs)
         child.top_logprobs = list(self.top_logprobs)
         child.token_times = list(self.token_times)
-        child.parent_seq_id = self.seq_id
         return child
 
     def __repr__(self) -> str:
