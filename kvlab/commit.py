@@ -90,6 +90,16 @@ class Committer:
         """
         if req.sampling_params.use_beam_search:
             return self._commit_beams(req, samples, now, ops)
+        seqs = req.seqs
+        if len(seqs) == 1:  # the common case, kept cheap: it runs for every request every step
+            seq = seqs[0]
+            drawn = samples.get(seq.seq_id)
+            if not drawn or seq.status.finished:
+                return False
+            if len(drawn) == 1:
+                self._append(seq, drawn[0], now)
+                self._stop(seq, ops)
+                return True
         got = False
         for seq in req.live_seqs():
             drawn = samples.get(seq.seq_id)

@@ -220,7 +220,8 @@ class SchedulerBase(abc.ABC):
                     self._apply(ops)
             except Exception as exc:  # noqa: BLE001  one request's failure must not end the batch
                 self._fail(req, exc, ops)
-            if req.is_finished:
+            seqs = req.seqs
+            if seqs[0].status.finished if len(seqs) == 1 else req.is_finished:
                 self.running.remove(req)
                 finished.append(req)
         return finished
