@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import bisect
 
-from kvlab.allocator.base import KVAllocator
-from kvlab.request import Request, SequenceStatus
+from kvlab.allocator.base import NO_NEW_BLOCKS, KVAllocator
+from kvlab.request import Request, SequenceStatus, is_decode
 from kvlab.scheduler.base import SCHEDULERS, ScheduledChunk, SchedulerBase, SchedulerOutput
 
 PREEMPTION_MODES = ("recompute", "swap")
@@ -100,11 +100,16 @@ class FCFSScheduler(SchedulerBase):
                 self._preempt(victim, out)
                 if victim is req:
                     return None
-            if got.copies:
+            if got is not NO_NEW_BLOCKS and got.copies:  # identity first: the decode fast path
                 out.blocks_to_copy.extend(got.copies)
             chunks.append(ScheduledChunk(seq, n, alloc.block_table(seq)))
-        for c in chunks:
-            self._count(c, out)
+        emitted = out.chunks
+        for c in chunks:  # SchedulerBase._count, inlined: this runs for every sequence every step
+            emitted.append(c)
+            if is_decode(c.num_new_tokens):
+                out.num_decode_tokens += 1
+            else:
+                out.num_prefill_tokens += c.num_new_tokens
         return need
 
     def _outgrown(self, req: Request, out: SchedulerOutput) -> None:
