@@ -101,7 +101,6 @@ def test_fork(benchmark, setup) -> None:
     benchmark.pedantic(alloc.fork, setup=make_child, rounds=300)
     for c in children:
         alloc.free(c)
-    alloc.take_copies()
 
 
 def test_prefix_match_2000(benchmark, setup) -> None:

@@ -2,8 +2,9 @@
 
 Target (issue 3): <= 1 ms median per step on the 2-core dev machine. Each round is one decode
 step of 256 running sequences: ``schedule()`` (token budget, slot allocation for every sequence,
-block tables) and ``update_after_step()``, plus appending the sampled token — everything the
-engine does per step except the executor. Run: ``make bench`` or
+block tables) and ``update_from_output()`` with one sample per sequence (advancing
+``num_computed_tokens``, appending the token, stop checks) — everything the scheduler does per
+step; the engine adds its records and outputs. Run: ``make bench`` or
 ``pytest benchmarks/test_engine_bench.py --benchmark-enable``.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import pytest
 
 from kvlab.allocator import ALLOCATORS
+from kvlab.executor.base import Sample, StepOutput
 from kvlab.request import Request, SamplingParams, SequenceStatus
 from kvlab.scheduler import SCHEDULERS
 
@@ -39,11 +41,12 @@ def _running_scheduler(allocator: str, n: int = 256, prompt: int = 160, block_si
 def test_step_at_256_running(benchmark, allocator):
     sched = _running_scheduler(allocator)
 
+    sample = [Sample(11, -0.5)]
+
     def step() -> None:
         out = sched.schedule()
-        sched.update_after_step(out)
-        for chunk in out.chunks:
-            chunk.seq.token_ids.append(11)
+        result = StepOutput({c.seq.seq_id: sample for c in out.chunks}, duration_s=0.0)
+        sched.update_from_output(out, result, now=0.0)
 
     benchmark.pedantic(step, rounds=300, iterations=1, warmup_rounds=5)
     assert len(sched.running) == 256

@@ -1,6 +1,6 @@
 """Is torch slower when the engine runs outside the main thread? (why kvlab.serve steps on main)
 
-Decodes a batch of sequences with the torch executor (``kvlab.models.bench.decode_tok_s``),
+Decodes a batch of sequences with the torch executor (``experiments/model_bench.py``: ``decode_tok_s``),
 alternately from the main thread and from a freshly started thread, and prints tokens/s and
 process CPU time per wall second (2.0 = both cores busy on a 2-core machine).
 
@@ -14,9 +14,9 @@ import threading
 import time
 
 import torch
+from model_bench import decode_tok_s  # experiments/ is on sys.path when run as a script
 
 from kvlab.executor.torch_runner import TorchExecutor
-from kvlab.models.bench import decode_tok_s
 from kvlab.models.config import resolve_model
 
 

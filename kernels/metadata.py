@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvlab.request import is_decode
+
 
 @dataclass
 class ChunkMeta:
@@ -49,8 +51,8 @@ class AttentionMetadata:
 
 def decodes_first(seqs: Sequence[tuple[int, int, Sequence[int]]]) -> tuple[list[int], int]:
     """Flat-batch order putting single-token sequences first (stable), and how many there are."""
-    decodes = [i for i, (_, n, _) in enumerate(seqs) if n == 1]
-    return decodes + [i for i, (_, n, _) in enumerate(seqs) if n != 1], len(decodes)
+    decodes = [i for i, (_, n, _) in enumerate(seqs) if is_decode(n)]
+    return decodes + [i for i, (_, n, _) in enumerate(seqs) if not is_decode(n)], len(decodes)
 
 
 def slots_for(block_table: Sequence[int], start: int, n: int, block_size: int) -> list[int]:

@@ -1,27 +1,43 @@
-"""Committing a step's samples: append tokens, apply stop rules, fork samples, select beams.
+"""Deciding what a step's samples do to a request: tokens, stop rules, forks, beam pruning.
 
 Lives apart from the engine loop because this is where sampling semantics sit: when a sequence
 stops (EOS, stop ids, stop strings, max_tokens, the model's max length), how parallel samples
 fork off the prompt's KV, and how beam search keeps the best ``beam_width`` hypotheses — forking
 beams that win twice and freeing beams that lose, so blocks are shared and released as in real
 beam search.
+
+The committer is pure with respect to the layers around it: it changes only the request and its
+sequences (tokens, scores, status, new child sequences) and *returns* the KV operations that
+follow — ``(parent, child)``: give ``child`` the parent's KV (an allocator fork); ``(seq, None)``:
+release ``seq``'s KV — in the order they must be applied. The scheduler applies them
+(:meth:`kvlab.scheduler.base.SchedulerBase.update_from_output`); the committer never calls the
+scheduler or the allocator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from kvlab.executor.base import Sample
 from kvlab.request import Request, Sequence, SequenceStatus
-from kvlab.scheduler.base import SchedulerBase
+
+if TYPE_CHECKING:  # a data type only: the committer never calls the executor
+    from kvlab.executor.base import Sample
 
 Decode = Callable[[list[int]], str]
+KVOp = tuple[Sequence, "Sequence | None"]  # (parent, child): fork; (seq, None): free
 
 
 class Committer:
-    def __init__(self, scheduler: SchedulerBase, eos_token_id: int | None, max_model_len: int,
-                 decode: Decode | None) -> None:
-        self.scheduler = scheduler
+    """Applies samples to requests and reports the KV operations that follow.
+
+    Args:
+        eos_token_id: the model's end-of-sequence token (``None``: none).
+        max_model_len: a sequence stops with finish reason "length" at this many tokens.
+        decode: token ids -> text, for stop strings (``None``: stop strings are not checked).
+    """
+
+    def __init__(self, eos_token_id: int | None, max_model_len: int, decode: Decode | None = None) -> None:
         self.eos_token_id = eos_token_id
         self.max_model_len = max_model_len
         self.decode = decode
@@ -60,29 +76,53 @@ class Committer:
             return SequenceStatus.FINISHED_LENGTH
         return None
 
-    def _finish_if_stopped(self, seq: Sequence) -> None:
+    def _stop(self, seq: Sequence, ops: list[KVOp]) -> None:
         status = self.stop_status(seq)
         if status is not None:
-            self.scheduler.free_seq(seq, status)
+            seq.status = status
+            ops.append((seq, None))
 
     # -- per request --
-    def commit(self, req: Request, samples: dict[int, list[Sample]], now: float) -> bool:
-        """Apply this step's samples to ``req``. Returns True if the request got new tokens."""
+    def commit(self, req: Request, samples: dict[int, list[Sample]], now: float, ops: list[KVOp]) -> bool:
+        """Apply this step's samples to ``req``; append the KV operations that follow to ``ops``.
+
+        Mutates ``req`` and its sequences only. Returns True if the request got new tokens.
+        """
         if req.sampling_params.use_beam_search:
-            return self._commit_beams(req, samples, now)
+            return self._commit_beams(req, samples, now, ops)
+        seqs = req.seqs
+        if len(seqs) == 1:  # the common case, kept cheap: it runs for every request every step
+            seq = seqs[0]
+            drawn = samples.get(seq.seq_id)
+            if not drawn or seq.status.finished:
+                return False
+            if len(drawn) == 1:
+                self._append(seq, drawn[0], now)
+                self._stop(seq, ops)
+                return True
         got = False
-        for seq in list(req.live_seqs()):
+        for seq in req.live_seqs():
             drawn = samples.get(seq.seq_id)
             if not drawn:
                 continue
             got = True
-            targets = [seq] + [self.scheduler.fork_seq(seq) for _ in drawn[1:]]  # fork before append
+            if len(drawn) == 1:  # the common case: one token for one sequence
+                self._append(seq, drawn[0], now)
+                self._stop(seq, ops)
+                continue
+            targets = [seq]
+            for _ in drawn[1:]:  # fork before appending: children share the KV up to here
+                child = seq.fork()
+                req.seqs.append(child)
+                ops.append((seq, child))
+                targets.append(child)
             for target, s in zip(targets, drawn):
                 self._append(target, s, now)
-                self._finish_if_stopped(target)
+                self._stop(target, ops)
         return got
 
-    def _commit_beams(self, req: Request, samples: dict[int, list[Sample]], now: float) -> bool:
+    def _commit_beams(self, req: Request, samples: dict[int, list[Sample]], now: float,
+                      ops: list[KVOp]) -> bool:
         sp = req.sampling_params
         live = req.live_seqs()
         if not any(samples.get(s.seq_id) for s in live):
@@ -112,12 +152,18 @@ class Committer:
                 break
         for seq in live:  # losers first, so their blocks are free for the winners' forks
             if seq.seq_id not in chosen:
-                self.scheduler.free_seq(seq, SequenceStatus.FINISHED_PRUNED)
+                seq.status = SequenceStatus.FINISHED_PRUNED
+                ops.append((seq, None))
                 req.seqs.remove(seq)
         targets: list[tuple[Sequence, Sample]] = []
         for sid, drawn in chosen.items():
             parent = parents[sid]
-            kids = [self.scheduler.fork_seq(parent) for _ in drawn[1:]]
+            kids = []
+            for _ in drawn[1:]:
+                child = parent.fork()
+                req.seqs.append(child)
+                ops.append((parent, child))
+                kids.append(child)
             targets.extend(zip([parent, *kids], drawn))
         for seq, s in targets:
             self._append(seq, s, now)
@@ -125,7 +171,8 @@ class Committer:
         for seq, _ in targets:
             status = self.stop_status(seq)
             if status is not None or done:
-                self.scheduler.free_seq(seq, status or SequenceStatus.FINISHED_PRUNED)
+                seq.status = status or SequenceStatus.FINISHED_PRUNED
+                ops.append((seq, None))
                 if status is not None:
                     req.finished_seqs.append(seq)
         return True

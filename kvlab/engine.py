@@ -1,4 +1,4 @@
-"""``LLMEngine``: one step = schedule -> execute -> commit, with per-step and per-request records.
+"""``LLMEngine``: one step = schedule -> execute -> update_from_output -> outputs, with records.
 
 The engine wires a config into an executor (sim or real model), sizes the block pool from the
 executor's memory budget (unless ``allocator.num_blocks`` overrides it), builds the allocator and
@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+from kvlab import debug
 from kvlab.allocator import ALLOCATORS
 from kvlab.allocator.base import MemoryReport
 from kvlab.commit import Committer, reported_seqs
@@ -24,9 +25,9 @@ from kvlab.detokenize import IncrementalDetokenizer
 from kvlab.engine_stats import EngineStats, KVUsage, Latency
 from kvlab.executor import EXECUTORS, Executor, ScheduledSeq, StepInput
 from kvlab.metrics import request_latency
-from kvlab.outputs import CompletionOutput, RequestOutput
 from kvlab.records import RequestRecord, StepRecord
 from kvlab.request import Request, SamplingParams
+from kvlab.request_output import CompletionOutput, RequestOutput
 from kvlab.scheduler import SCHEDULERS, SchedulerOutput
 
 GiB = 1 << 30
@@ -63,19 +64,20 @@ class LLMEngine:
                              "budget or set allocator.num_blocks")
         num_cpu_blocks = int(kv.swap_space_gib * GiB // self.block_bytes)
         self.allocator = ALLOCATORS.build(name, int(num_blocks), max_model_len=self.max_model_len,
-                                          num_cpu_blocks=num_cpu_blocks, seed=int(cfg.get("seed", 0)),
-                                          **alloc)
-        sched = dict(cfg["scheduler"])
-        self.scheduler = SCHEDULERS.build(sched.pop("name"), self.allocator, self.max_model_len, **sched)
-        self.executor.init_cache(int(num_blocks), num_cpu_blocks, block_size)
-        self.kv_capacity_tokens = int(num_blocks) * block_size
+                                          num_cpu_blocks=num_cpu_blocks, **alloc)
         self.tokenizer = getattr(self.executor, "tokenizer", None)
         decode = None
         if self.tokenizer is not None:
             decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
         self._decode = decode
         self._detok: dict[int, IncrementalDetokenizer] = {}  # seq_id -> its text so far
-        self.committer = Committer(self.scheduler, self.executor.eos_token_id, self.max_model_len, decode)
+        committer = Committer(self.executor.eos_token_id, self.max_model_len, decode)
+        sched = dict(cfg["scheduler"])
+        self.scheduler = SCHEDULERS.build(sched.pop("name"), self.allocator, self.max_model_len,
+                                          committer=committer, **sched)
+        self.executor.init_cache(int(num_blocks), num_cpu_blocks, block_size)
+        self.kv_capacity_tokens = int(num_blocks) * block_size
+        self.vocab_size = _vocab_size(self.executor, cfg)
         self.virtual_time = bool(getattr(self.executor, "virtual_time", False))
         self._t0 = time.perf_counter()
         self._now = 0.0
@@ -126,14 +128,18 @@ class LLMEngine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"the prompt has {len(ids)} tokens; the model's maximum length is "
                              f"{self.max_model_len} (prompt + at least one generated token)")
-        params.validate()
+        if self.vocab_size is not None:
+            bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+            if bad is not None:
+                raise ValueError(f"prompt token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        params.validate(self.vocab_size)
         rid = request_id if request_id is not None else f"req-{next(self._ids)}"
         if rid in self.requests:
             raise ValueError(f"request id {rid!r} is already in use")
         req = Request(rid, ids, params, self.now() if arrival_time is None else arrival_time,
                       expected_output_len=expected_output_len, prompt=text)
+        self.scheduler.add_request(req)  # raises ValueError if it could never fit the KV pool
         self.requests[rid] = req
-        self.scheduler.add_request(req)
         return req
 
     def abort_request(self, request_id: str) -> None:
@@ -149,39 +155,36 @@ class LLMEngine:
 
     # -- the step --
     def step(self) -> list[RequestOutput]:
-        """Run one iteration; returns outputs of requests that got tokens or finished."""
+        """Run one iteration; returns outputs of requests that got tokens or finished.
+
+        Reads top to bottom: the scheduler plans, the executor runs, the scheduler applies the
+        results (tokens, stops, forks, frees) and hands back what finished, the engine records
+        and reports. Nothing is drained from a queue on the side.
+        """
         out = self.scheduler.schedule()
-        step_in = self._step_input(out)
-        result = self.executor.execute(step_in)
+        result = self.executor.execute(self._step_input(out))
         if self.virtual_time:
             self._now += result.duration_s
         now = self.now()
-        self.scheduler.update_after_step(out)
-        touched: dict[str, Request] = {}
-        for chunk in out.chunks:
-            req = chunk.seq.request
-            if req.first_scheduled_time is None:
-                req.first_scheduled_time = now - result.duration_s
-            touched[req.request_id] = req
-        outputs = []
-        for req in self.scheduler.rejected:
+        finished = self.scheduler.update_from_output(out, result, now)
+        for req in finished:
             self._finish(req)
-            outputs.append(self.make_output(req))
-        self.scheduler.rejected.clear()
-        for req in touched.values():
-            if self.committer.commit(req, result.samples, now):
-                if req.first_token_time is None:
-                    req.first_token_time = now
-            if not req.live_seqs():
-                self._finish(req)
-                if self.collect_outputs:
+        outputs = [self.make_output(req) for req in out.rejected]
+        if self.collect_outputs:
+            seen = set()
+            for chunk in out.chunks:
+                req = chunk.seq.request
+                if req.request_id in seen:
+                    continue
+                seen.add(req.request_id)
+                if req.finish_time is not None or req.first_token_time is not None:
                     outputs.append(self.make_output(req))
-            elif req.first_token_time is not None and self.collect_outputs:
-                outputs.append(self.make_output(req))
         self._record_step(out, result.duration_s, result.swap_time_s, now)
         if result.device_stats:  # sampled GPU readings (torch executor on CUDA)
             self.step_records[-1].gpu_memory_used_bytes = result.device_stats.get("gpu_memory_used_bytes")
             self.step_records[-1].gpu_utilization_pct = result.device_stats.get("gpu_utilization_pct")
+        if debug.CHECK_INVARIANTS:
+            self.allocator.check_invariants()
         return outputs
 
     def _step_input(self, out: SchedulerOutput) -> StepInput:
@@ -200,12 +203,11 @@ class LLMEngine:
                     samples = 1
             seqs.append(ScheduledSeq(seq.seq_id, seq.request.request_id, seq.token_ids[start:start + n],
                                      start, chunk.block_table, samples, sp, seq.num_output_tokens,
-                                     is_prefill=start < seq.num_prompt_tokens or n > 1,
                                      beam=sp.use_beam_search))
         return StepInput(seqs, out.blocks_to_copy, out.blocks_to_swap_out, out.blocks_to_swap_in)
 
     def _finish(self, req: Request) -> None:
-        self.scheduler.finish_request(req)
+        """Record a request the scheduler has finished (its blocks are already free)."""
         if req.finish_time is not None:
             self.requests.pop(req.request_id, None)
             return
@@ -310,7 +312,13 @@ class LLMEngine:
         rec = self.request_records[-1] if finished and self.request_records and \
             self.request_records[-1].request_id == req.request_id else None
         return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished,
-                             req.num_cached_tokens, rec)
+                             req.num_cached_tokens, rec, finish_detail=req.finish_detail)
+
+
+def _vocab_size(executor: Executor, cfg: Mapping[str, Any]) -> int | None:
+    """The vocabulary token ids are checked against: the executor's, else the model config's."""
+    size = getattr(executor, "vocab_size", None) or cfg.get("model", {}).get("vocab_size")
+    return int(size) if size else None
 
 
 def _build_executor(cfg: dict[str, Any]) -> Executor:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from kvlab.engine import LLMEngine
-from kvlab.outputs import RequestOutput
 from kvlab.request import SamplingParams
+from kvlab.request_output import RequestOutput
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 

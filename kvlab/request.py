@@ -24,6 +24,8 @@ class SequenceStatus(enum.Enum):
     FINISHED_LENGTH = "finished_length"  # max_tokens (or the model's max length)
     FINISHED_ABORTED = "finished_aborted"  # client went away / request rejected mid-flight
     FINISHED_PRUNED = "finished_pruned"  # a beam that lost the beam search
+    FINISHED_CAPACITY = "finished_capacity"  # outgrew what the KV pool can ever hold
+    FINISHED_ERROR = "finished_error"  # processing this request raised; the batch went on
 
     finished: bool  # set on each member below: a plain attribute read, hot in the engine loop
 
@@ -34,6 +36,8 @@ class SequenceStatus(enum.Enum):
             SequenceStatus.FINISHED_LENGTH: "length",
             SequenceStatus.FINISHED_ABORTED: "abort",
             SequenceStatus.FINISHED_PRUNED: "pruned",
+            SequenceStatus.FINISHED_CAPACITY: "length",
+            SequenceStatus.FINISHED_ERROR: "error",
         }.get(self)
 
 
@@ -69,8 +73,15 @@ class SamplingParams:
             self.stop = [self.stop]
         self.validate()
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the field and what is allowed."""
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise ``ValueError`` naming the field and what is allowed.
+
+        With ``vocab_size`` (the engine passes the model's), token ids must lie in the vocabulary
+        and ``top_k`` above it is clamped to it (mutates ``top_k``: same distribution).
+        """
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
         checks = [
             (isinstance(self.n, int) and self.n >= 1, "n must be an integer >= 1"),
             (isinstance(self.beam_width, int) and self.beam_width >= 1, "beam_width must be >= 1"),
@@ -81,10 +92,21 @@ class SamplingParams:
             (isinstance(self.top_k, int), "top_k must be an integer (<= 0 disables it)"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in 0..20"),
             (not (self.n > 1 and self.beam_width > 1), "use either n > 1 or beam_width > 1, not both"),
+            (self.seed is None or (is_int(self.seed) and -(2**63) <= self.seed < 2**63),
+             "seed must be an integer in [-2**63, 2**63)"),
+            (all(is_int(t) for t in self.stop_token_ids), "stop_token_ids must be integers"),
+            (self.length_penalty == self.length_penalty, "length_penalty must be a number"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"invalid SamplingParams: {msg}")
+        if vocab_size is not None:
+            bad = next((t for t in self.stop_token_ids if not 0 <= t < vocab_size), None)
+            if bad is not None:
+                raise ValueError(f"invalid SamplingParams: stop_token_ids contains {bad}, outside the "
+                                 f"vocabulary (0..{vocab_size - 1})")
+            if self.top_k > vocab_size:
+                self.top_k = vocab_size
 
     @property
     def use_beam_search(self) -> bool:
@@ -103,13 +125,13 @@ class Sequence:
     """One token stream with its own block table in the allocator.
 
     The allocator reads ``seq_id``, ``token_ids``, ``num_prompt_tokens``, ``num_computed_tokens``,
-    ``max_total_tokens`` and ``group_size``; it never mutates a sequence.
+    ``group_size`` and ``request.expected_output_len``; it never mutates a sequence.
     """
 
     __slots__ = (
         "seq_id", "request", "token_ids", "num_prompt_tokens", "num_computed_tokens", "status",
         "cumulative_logprob", "logprobs", "top_logprobs", "stop_reason", "num_cached_tokens",
-        "token_times", "parent_seq_id",
+        "token_times",
     )
 
     def __init__(self, request: Request, token_ids: list[int], seq_id: int | None = None) -> None:
@@ -125,7 +147,6 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache (last admission)
         self.token_times: list[float] = []
-        self.parent_seq_id: int | None = None
 
     # -- derived sizes (never stored twice) --
     @property
@@ -139,11 +160,6 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
-
-    @property
-    def max_total_tokens(self) -> int:
-        """Prompt + the output length the allocator should expect (oracle length if known)."""
-        return self.num_prompt_tokens + self.request.expected_output_len
 
     @property
     def group_size(self) -> int:
@@ -162,7 +178,6 @@ class Sequence:
         child.logprobs = list(self.logprobs)
         child.top_logprobs = list(self.top_logprobs)
         child.token_times = list(self.token_times)
-        child.parent_seq_id = self.seq_id
         return child
 
     def __repr__(self) -> str:
@@ -202,6 +217,7 @@ class Request:
         self.num_preemptions = 0
         self.num_cached_tokens = 0  # prompt tokens served by prefix hits (first admission)
         self.finished_seqs: list[Sequence] = []  # beams that finished (beam search keeps candidates)
+        self.finish_detail: str | None = None  # why the engine ended it early (rejected, outgrew, error)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -216,3 +232,10 @@ class Request:
 
     def __repr__(self) -> str:
         return f"Request({self.request_id!r}, prompt={self.num_prompt_tokens}, seqs={len(self.seqs)})"
+
+
+def is_decode(num_new_tokens: int) -> bool:
+    """The one rule for "this chunk is a decode": it computes exactly one token (a single query
+    against the cached context). Prompt chunks, recomputes and prefix-hit remainders of one token
+    count as decodes too — the computation is the same."""
+    return num_new_tokens == 1

@@ -1,6 +1,8 @@
-"""Root test configuration: run Triton kernels in the interpreter on machines without CUDA.
+"""Suite-wide switches, set before any kvlab module (or any ``@triton.jit`` module) is imported.
 
-TRITON_INTERPRET must be set before any module with ``@triton.jit`` is imported, so it is set here.
+- Triton kernels run in the interpreter on machines without CUDA (TRITON_INTERPRET must be set before
+  a module with ``@triton.jit`` is imported).
+- The engine checks every allocator's invariants after each step (``KVLAB_CHECK_INVARIANTS``).
 """
 
 import os
@@ -9,3 +11,4 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("KVLAB_CHECK_INVARIANTS", "1")

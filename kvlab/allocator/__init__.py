@@ -10,8 +10,14 @@ from kvlab.registry import Registry
 
 ALLOCATORS: Registry[KVAllocator] = Registry("allocator")
 
-# Importing the implementations registers them.
-from kvlab.allocator import contiguous, paged, prefix  # noqa: E402,F401
+# Importing the implementations registers them: every module of this package is imported, so a
+# new allocator is one module with an ``@ALLOCATORS.register("<name>")`` class plus its YAML.
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+for _mod in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_mod.name}")
+
 from kvlab.allocator.build import build_allocator  # noqa: E402
 
 __all__ = ["ALLOCATORS", "KVAllocator", "MemoryReport", "build_allocator"]

@@ -6,8 +6,10 @@ prefix-shared allocation differ only in *which* ids they hand out and when they 
 
 Names follow vLLM (``get_computed_blocks``, ``allocate_slots``); the atomic ``None``-means-no
 contract follows mini-sglang. An allocator never touches tensors: data movement it needs
-(copy-on-write, fork copies for allocators that cannot share, swapping) is returned or queued as
-``(src, dst)`` block-id pairs that the engine hands to the executor.
+(copy-on-write, fork copies for allocators that cannot share, swapping) is *returned* as
+``(src, dst)`` block-id pairs (``NewBlocks.copies``, ``fork``'s result, ``swap_*``'s result); the
+scheduler puts them into its ``SchedulerOutput`` and the executor runs them before the forward.
+Nothing is queued inside the allocator for someone to drain.
 """
 
 from __future__ import annotations
@@ -16,6 +18,21 @@ from dataclasses import asdict, dataclass
 from typing import Protocol, runtime_checkable
 
 from kvlab.request import Sequence
+
+
+class NewBlocks(list):
+    """What ``allocate_slots`` returns on success: the newly allocated block ids (it *is* that
+    list) plus ``copies``, the ``(src, dst)`` copy-on-write pairs the executor must run before the
+    step writes into ``dst`` (empty unless a shared block was about to be written).
+
+    Callers read it and never mutate it: :data:`NO_NEW_BLOCKS` is shared by every call that
+    needed nothing (the decode fast path).
+    """
+
+    copies: tuple[tuple[int, int], ...] | list[tuple[int, int]] = ()
+
+
+NO_NEW_BLOCKS = NewBlocks()
 
 
 @dataclass(frozen=True)
@@ -65,7 +82,7 @@ class KVAllocator(Protocol):
 
     Constructor convention (the registry calls it this way)::
 
-        Allocator(num_blocks, block_size, max_model_len, num_cpu_blocks=0, seed=0, **options)
+        Allocator(num_blocks, block_size, max_model_len, num_cpu_blocks=0, **options)
     """
 
     block_size: int
@@ -82,22 +99,23 @@ class KVAllocator(Protocol):
 
     def allocate_slots(
         self, seq: Sequence, num_new_tokens: int, computed: tuple[list[int], int] | None = None
-    ) -> list[int] | None:
+    ) -> NewBlocks | None:
         """Make ``seq``'s block table cover ``seq.num_computed_tokens + computed_tokens +
         num_new_tokens`` tokens, first attaching the ``computed`` prefix hit if given.
 
-        Returns the newly allocated block ids ([] when the current blocks suffice), or ``None``
-        when it does not fit — and then the state is exactly as before (atomic). If the slots to
-        be written lie in a block shared with another sequence, that block is copied first
-        (copy-on-write); the copy is queued for :meth:`take_copies`.
+        Returns the newly allocated block ids as a :class:`NewBlocks` (empty when the current
+        blocks suffice), or ``None`` when it does not fit — and then the state is exactly as
+        before (atomic). If the slots to be written lie in a block shared with another sequence,
+        that block is copied first (copy-on-write); the pair is in the result's ``copies``.
         Does not change ``seq.num_computed_tokens`` (the scheduler does).
         """
         ...
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
         """Give ``child`` the parent's KV: shared blocks (ref counts +1) where the allocator shares;
-        a copy (queued for :meth:`take_copies`) where it cannot. Raises ``MemoryError`` only for an
-        allocator that must copy and has no room (never for sharing allocators)."""
+        a copy where it cannot. Returns the ``(src, dst)`` block copies the executor must run
+        (``[]`` for sharing allocators). Raises ``MemoryError`` only for an allocator that must
+        copy and has no room (never for sharing allocators); the state is then unchanged."""
         ...
 
     def free(self, seq: Sequence) -> None:
@@ -113,10 +131,6 @@ class KVAllocator(Protocol):
         """Blocks that an allocation could use now (free + evictable cached blocks)."""
         ...
 
-    def take_copies(self) -> list[tuple[int, int]]:
-        """Return and clear the queued (src, dst) block copies (copy-on-write, copying forks)."""
-        ...
-
     def swap_out(self, seqs: list[Sequence]) -> list[tuple[int, int]] | None:
         """Move the KV of ``seqs`` (one sequence group, all or nothing) to the CPU swap pool.
         Returns (gpu block, cpu block) pairs to copy, or ``None`` (state unchanged) if the swap
@@ -128,6 +142,13 @@ class KVAllocator(Protocol):
         ...
 
     def num_free_cpu_blocks(self) -> int: ...
+
+    def worst_case_blocks(self, prompt_len: int, max_len: int, num_seqs: int) -> int:
+        """GPU blocks a request of ``num_seqs`` sequences may hold at once if every sequence
+        grows to ``max_len`` tokens, in an otherwise empty pool (prompt blocks counted once where
+        the allocator shares them). The scheduler rejects a request for which this exceeds
+        ``num_blocks``: it could never finish. Does not mutate."""
+        ...
 
     def memory_report(self) -> MemoryReport:
         """Current usage in the paper's categories. Does not mutate."""

@@ -6,7 +6,7 @@ state is two flat structures, because the allocator hot paths (one decode token,
 125-block request) run on the engine's critical path every step:
 
 - ``ref``: a ``list[int]`` of reference counts (how many block tables hold each block);
-- ``free``: an ``OrderedDict`` used as an ordered set of blocks with ``ref == 0``. Its C
+- ``free_queue``: an ``OrderedDict`` used as an ordered set of blocks with ``ref == 0``. Its C
   implementation gives O(1) pop-front (``popitem(last=False)``), push-back and removal from the
   middle (``del``), which the prefix cache needs to take a cached block back out of the queue on
   a hit. A plain ``dict`` would make pop-front degrade (CPython scans the deleted-entry prefix).
@@ -31,7 +31,7 @@ class BlockPool:
         num_blocks: pool size in blocks (>= 0).
     """
 
-    __slots__ = ("num_blocks", "ref", "free")
+    __slots__ = ("num_blocks", "ref", "free_queue")
 
     def __init__(self, num_blocks: int) -> None:
         if not isinstance(num_blocks, int) or num_blocks < 0:
@@ -39,27 +39,27 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.ref: list[int] = [0] * num_blocks
         # Ascending initial order makes the first allocations 0, 1, 2, ... (deterministic).
-        self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
 
     def num_free(self) -> int:
         """Blocks with ``ref == 0`` (for the prefix allocator this includes evictable cached ones)."""
-        return len(self.free)
+        return len(self.free_queue)
 
     def pop_free(self) -> int:
         """Take the least recently freed block and give it ``ref = 1``. Raises ``KeyError`` if empty."""
-        b = self.free.popitem(last=False)[0]
+        b = self.free_queue.popitem(last=False)[0]
         self.ref[b] = 1
         return b
 
     def take(self, b: int) -> None:
         """Take the specific free block ``b`` out of the queue (``ref`` 0 -> 1)."""
-        del self.free[b]
+        del self.free_queue[b]
         self.ref[b] = 1
 
     def incref(self, b: int) -> None:
         """One more table holds ``b``; a free (cached) block leaves the queue."""
         if self.ref[b] == 0:
-            del self.free[b]
+            del self.free_queue[b]
         self.ref[b] += 1
 
     def decref(self, b: int) -> bool:
@@ -67,7 +67,7 @@ class BlockPool:
         r = self.ref[b] - 1
         self.ref[b] = r
         if r == 0:
-            self.free[b] = None
+            self.free_queue[b] = None
             return True
         if r < 0:
             raise AssertionError(f"block {b}: reference count went negative")
@@ -76,7 +76,7 @@ class BlockPool:
     def decref_all_reversed(self, blocks: list[int]) -> None:
         """Release a table, last block first, so its tail is the first to be reused/evicted."""
         ref = self.ref
-        free = self.free
+        free = self.free_queue
         for b in reversed(blocks):
             r = ref[b] - 1
             ref[b] = r
@@ -89,13 +89,13 @@ class BlockPool:
         """Assert ``ref`` equals ``expected_refs`` (block -> holders; absent = 0) and that the free
         queue holds exactly the blocks with ``ref == 0``. O(num_blocks): tests only."""
         assert len(self.ref) == self.num_blocks
-        free = set(self.free)
-        assert len(free) == len(self.free), "a block is queued twice"
+        free = set(self.free_queue)
+        assert len(free) == len(self.free_queue), "a block is queued twice"
         for b, r in enumerate(self.ref):
             want = expected_refs.get(b, 0)
             assert r == want, f"block {b}: ref {r} but held by {want} tables"
             assert (b in free) == (r == 0), f"block {b}: ref {r} but in-free-queue={b in free}"
-        assert len(self.free) + sum(1 for r in self.ref if r > 0) == self.num_blocks, "blocks not conserved"
+        assert len(self.free_queue) + sum(1 for r in self.ref if r > 0) == self.num_blocks, "blocks not conserved"
 
 
 class FifoBlockPool(BlockPool):
@@ -109,10 +109,10 @@ class FifoBlockPool(BlockPool):
 
     def __init__(self, num_blocks: int) -> None:
         super().__init__(num_blocks)
-        self.free = deque(range(num_blocks))  # type: ignore[assignment]
+        self.free_queue = deque(range(num_blocks))  # type: ignore[assignment]
 
     def pop_free(self) -> int:
-        b = self.free.popleft()  # type: ignore[attr-defined]
+        b = self.free_queue.popleft()  # type: ignore[attr-defined]
         self.ref[b] = 1
         return b
 
@@ -128,7 +128,7 @@ class FifoBlockPool(BlockPool):
         r = self.ref[b] - 1
         self.ref[b] = r
         if r == 0:
-            self.free.append(b)  # type: ignore[attr-defined]
+            self.free_queue.append(b)  # type: ignore[attr-defined]
             return True
         if r < 0:
             raise AssertionError(f"block {b}: reference count went negative")
@@ -144,4 +144,4 @@ class FifoBlockPool(BlockPool):
                 freed.append(b)
             elif r < 0:
                 raise AssertionError(f"block {b}: reference count went negative")
-        self.free.extend(freed)  # type: ignore[attr-defined]
+        self.free_queue.extend(freed)  # type: ignore[attr-defined]

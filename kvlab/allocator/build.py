@@ -14,7 +14,7 @@ from kvlab.allocator.base import KVAllocator
 
 
 def build_allocator(cfg_allocator: Mapping[str, object], num_blocks: int, max_model_len: int,
-                    num_cpu_blocks: int = 0, seed: int = 0) -> KVAllocator:
+                    num_cpu_blocks: int = 0) -> KVAllocator:
     """Instantiate ``cfg_allocator["name"]`` with the remaining keys as options.
 
     Args:
@@ -22,7 +22,6 @@ def build_allocator(cfg_allocator: Mapping[str, object], num_blocks: int, max_mo
         num_blocks: GPU blocks in the pool (the engine resolves ``num_blocks: null``).
         max_model_len: longest sequence in tokens.
         num_cpu_blocks: CPU swap pool size in blocks.
-        seed: forwarded (allocators are deterministic; kept for the uniform constructor).
 
     Raises:
         ValueError: unknown allocator name (lists the registered ones), unknown option key or an
@@ -35,5 +34,4 @@ def build_allocator(cfg_allocator: Mapping[str, object], num_blocks: int, max_mo
     options.pop("num_blocks", None)
     block_size = options.pop("block_size", 16)
     factory = ALLOCATORS.get(name)
-    return factory(num_blocks, block_size, max_model_len, num_cpu_blocks=num_cpu_blocks, seed=seed,
-                   **options)
+    return factory(num_blocks, block_size, max_model_len, num_cpu_blocks=num_cpu_blocks, **options)

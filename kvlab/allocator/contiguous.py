@@ -11,19 +11,17 @@ from __future__ import annotations
 from collections import Counter
 
 from kvlab.allocator import ALLOCATORS
-from kvlab.allocator.base import MemoryReport
+from kvlab.allocator.base import NO_NEW_BLOCKS, MemoryReport, NewBlocks
 from kvlab.allocator.block_pool import BlockPool, FifoBlockPool
-from kvlab.allocator.contiguous_report import contiguous_memory_report
+from kvlab.allocator.contiguous_report import Run, contiguous_memory_report
 from kvlab.allocator.options import cdiv, check_options, validate_geometry
 from kvlab.allocator.placement import BuddyPlacement, FirstFitPlacement
-from kvlab.allocator.table_queries import TableQueries
+from kvlab.allocator.table_queries import BlockTableQueries
 from kvlab.request import Sequence
-
-Run = tuple[int, int, int]  # (first block, granted blocks, usable token slots A)
 
 
 @ALLOCATORS.register("contiguous")
-class ContiguousAllocator(TableQueries):
+class ContiguousAllocator(BlockTableQueries):
     """Orca-style KV allocation: each sequence reserves ``A`` token slots of consecutive blocks.
 
     ``A = min(P + R, max_model_len)`` (at least the first allocation's tokens); ``R`` by option
@@ -38,7 +36,7 @@ class ContiguousAllocator(TableQueries):
     until its last live sequence here is freed. Details: ``docs/allocators.md``.
 
     Args: as :class:`~kvlab.allocator.paged.PagedAllocator`, plus options ``reservation`` and
-    ``placement``. Nothing is random; ``seed`` is accepted for the uniform constructor.
+    ``placement``. Nothing is random.
     """
 
     OPTIONS: dict[str, tuple[str, ...]] = {
@@ -48,14 +46,13 @@ class ContiguousAllocator(TableQueries):
     name = "contiguous"
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
-                 num_cpu_blocks: int = 0, seed: int = 0, **options: object) -> None:
+                 num_cpu_blocks: int = 0, **options: object) -> None:
         validate_geometry(num_blocks, block_size, max_model_len, num_cpu_blocks)
         self.options = check_options(self.name, options, self.OPTIONS)
         self.reservation = self.options["reservation"]
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.max_model_len = max_model_len
-        self.seed = seed
         self.pool = BlockPool(num_blocks)
         self.cpu_pool = FifoBlockPool(num_cpu_blocks)
         if self.options["placement"] == "buddy":
@@ -71,7 +68,6 @@ class ContiguousAllocator(TableQueries):
         self._swapped: dict[int, tuple[list[int], int, int]] = {}  # seq -> (cpu blocks, granted, A)
         self._swapped_held: dict[str, list[int]] = {}  # request -> slots A of runs released by swap
         self._final_len: dict[str, int] = {}  # request id -> P + O (for held runs in the report)
-        self._copies: list[tuple[int, int]] = []
 
     # ---------------------------------------------------------------- queries
     def stats(self) -> dict[str, int]:
@@ -88,6 +84,21 @@ class ContiguousAllocator(TableQueries):
         else:
             r = o
         return max(min(p + r, self.max_model_len), at_least)
+
+    def worst_case_blocks(self, prompt_len: int, max_len: int, num_seqs: int) -> int:
+        """Every sequence holds its own run of the reservation (at least ``max_len`` slots),
+        rounded up to a power of two under buddy placement; nothing is shared."""
+        if self.reservation == "max":
+            slots = self.max_model_len
+        elif self.reservation == "pow2":
+            out = max_len - prompt_len
+            slots = min(prompt_len + (1 << (out - 1).bit_length() if out > 0 else 0), self.max_model_len)
+        else:
+            slots = max_len
+        blocks = cdiv(max(slots, max_len), self.block_size)
+        if self.options["placement"] == "buddy":
+            blocks = 1 << (blocks - 1).bit_length()
+        return num_seqs * blocks
 
     # ---------------------------------------------------------------- runs
     def _take_runs(self, sizes: list[tuple[int, int]]) -> list[Run] | None:
@@ -119,15 +130,15 @@ class ContiguousAllocator(TableQueries):
 
     # ---------------------------------------------------------------- allocation
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
-                       computed: tuple[list[int], int] | None = None) -> list[int] | None:
+                       computed: tuple[list[int], int] | None = None) -> NewBlocks | None:
         """First call: reserve the run (and the group's runs); returns its block ids or ``None``.
-        Later calls: ``[]`` within the reservation, ``None`` beyond it. Never copies."""
+        Later calls: no new blocks within the reservation, ``None`` beyond it. Never copies."""
         if computed and computed[0]:
             raise ValueError("the contiguous allocator has no prefix cache; computed must be empty")
         total = seq.num_computed_tokens + num_new_tokens
         run = self._runs.get(seq.seq_id)
         if run is not None:
-            return [] if total <= run[2] else None
+            return NO_NEW_BLOCKS if total <= run[2] else None
         if seq.seq_id in self._swapped:
             raise ValueError(f"seq {seq.seq_id} is swapped out: swap_in before allocating")
         if total > self.max_model_len:
@@ -150,11 +161,11 @@ class ContiguousAllocator(TableQueries):
                 self._held.setdefault(rid, []).extend(runs[1:])
         self._alive[rid] = self._alive.get(rid, 0) + 1
         self._final_len[rid] = seq.num_prompt_tokens + seq.request.expected_output_len
-        return list(self._install(seq, run))
+        return NewBlocks(self._install(seq, run))
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """Give ``child`` its own run (a held one if the request has one) and queue copies of the
-        parent's blocks holding KV (``ceil(parent.num_computed_tokens / B)`` blocks).
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
+        """Give ``child`` its own run (a held one if the request has one); returns the copies of
+        the parent's blocks holding KV (``ceil(parent.num_computed_tokens / B)`` blocks).
 
         Raises ``MemoryError`` if no run is held and none can be placed (state unchanged)."""
         prun = self._runs.get(parent.seq_id)
@@ -177,7 +188,7 @@ class ContiguousAllocator(TableQueries):
         self._alive[rid] = self._alive.get(rid, 0) + 1
         ptable = self._tables[parent.seq_id]
         n = min(cdiv(parent.num_computed_tokens, self.block_size), len(table))
-        self._copies.extend(zip(ptable[:n], table[:n]))
+        return list(zip(ptable[:n], table[:n]))
 
     def free(self, seq: Sequence) -> None:
         """Release the run (and, with the request's last sequence, its held runs). A pruned beam's
@@ -213,7 +224,7 @@ class ContiguousAllocator(TableQueries):
         runs, re-reserved on swap-in). ``None`` (unchanged) if the CPU pool lacks room."""
         group = [s for s in seqs if s.seq_id in self._runs]
         counts = [min(cdiv(s.num_computed_tokens, self.block_size), self._runs[s.seq_id][1]) for s in group]
-        if sum(counts) > len(self.cpu_pool.free):
+        if sum(counts) > len(self.cpu_pool.free_queue):
             return None
         pairs: list[tuple[int, int]] = []
         for s, n in zip(group, counts):
@@ -257,7 +268,9 @@ class ContiguousAllocator(TableQueries):
     # ---------------------------------------------------------------- reporting / checking
     def memory_report(self) -> MemoryReport:
         """Paper §4 contiguous formulas; O(#sequences). See :mod:`kvlab.allocator.contiguous_report`."""
-        return contiguous_memory_report(self)
+        return contiguous_memory_report(self._runs, self._seqs, self._held, self._final_len,
+                                        block_size=self.block_size, num_blocks=self.num_blocks,
+                                        num_free_blocks=len(self.pool.free_queue))
 
     def check_invariants(self) -> None:
         """Conservation, ref = holders (tables + held runs), runs consecutive and disjoint."""
@@ -272,9 +285,9 @@ class ContiguousAllocator(TableQueries):
         self.pool.check(holders)
         self.cpu_pool.check(Counter(c for cpu, _, _ in self._swapped.values() for c in cpu))
         free_in_placement = sum(n for _, n in self.placement.extents())
-        assert free_in_placement == len(self.pool.free), "placement and pool disagree on free blocks"
+        assert free_in_placement == len(self.pool.free_queue), "placement and pool disagree on free blocks"
         for s, n in self.placement.extents():
-            assert all(b in self.pool.free for b in range(s, s + n)), "placement hands out a used block"
+            assert all(b in self.pool.free_queue for b in range(s, s + n)), "placement hands out a used block"
         assert sum(self._alive.values()) == len(self._runs) + len(self._swapped), "alive counts"
         assert all(rid in self._alive for rid in self._held), "held runs of a request with no sequence"
         rep = self.memory_report()

@@ -18,22 +18,25 @@ fill ``min(P + O, A)`` of them (reservation), the remainder is internal fragment
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 from kvlab.allocator.base import MemoryReport
+from kvlab.request import Sequence
 
-if TYPE_CHECKING:
-    from kvlab.allocator.contiguous import ContiguousAllocator
+Run = tuple[int, int, int]  # (first block, granted blocks, usable token slots A)
 
 
-def contiguous_memory_report(alloc: ContiguousAllocator) -> MemoryReport:
-    """Build the report; O(#sequences + #held runs). Does not mutate ``alloc``."""
-    bs = alloc.block_size
-    total = alloc.num_blocks * bs
+def contiguous_memory_report(runs: Mapping[int, Run], seqs: Mapping[int, Sequence],
+                             held: Mapping[str, list[Run]], final_len: Mapping[str, int], *,
+                             block_size: int, num_blocks: int, num_free_blocks: int) -> MemoryReport:
+    """Build the report from the allocator's runs (seq id -> run), sequences, held runs (request
+    id -> runs kept for forks) and final lengths (request id -> P + O); O(#sequences + #held
+    runs). Reads only its arguments and mutates none of them."""
+    bs = block_size
+    total = num_blocks * bs
     token_states = reservation = internal = 0
     blocks = 0
-    seqs = alloc._seqs
-    for sid, (_, granted, slots) in alloc._runs.items():
+    for sid, (_, granted, slots) in runs.items():
         seq = seqs[sid]
         filled = min(seq.num_tokens, slots)
         final = min(seq.num_prompt_tokens + seq.request.expected_output_len, slots)
@@ -41,13 +44,13 @@ def contiguous_memory_report(alloc: ContiguousAllocator) -> MemoryReport:
         reservation += max(0, final - filled)
         internal += slots - max(final, filled)
         blocks += granted
-    for rid, runs in alloc._held.items():
-        for _, granted, slots in runs:
-            final = min(alloc._final_len.get(rid, slots), slots)
+    for rid, held_runs in held.items():
+        for _, granted, slots in held_runs:
+            final = min(final_len.get(rid, slots), slots)
             reservation += final
             internal += slots - final
             blocks += granted
-    free_blocks = len(alloc.pool.free)
+    free_blocks = num_free_blocks
     return MemoryReport(
         total_slots=total,
         token_states=token_states,

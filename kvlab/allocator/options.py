@@ -1,6 +1,6 @@
 """Constructor argument validation shared by every allocator.
 
-All allocators take ``(num_blocks, block_size, max_model_len, num_cpu_blocks=0, seed=0, **options)``.
+All allocators take ``(num_blocks, block_size, max_model_len, num_cpu_blocks=0, **options)``.
 Bad values and unknown option keys fail here, before any state exists, with a ``ValueError``
 naming the key and what is allowed — a typo in ``conf/allocator/*.yaml`` must not silently fall
 back to a default.

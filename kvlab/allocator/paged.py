@@ -12,21 +12,21 @@ from __future__ import annotations
 from collections import Counter
 
 from kvlab.allocator import ALLOCATORS
-from kvlab.allocator.base import MemoryReport
+from kvlab.allocator.base import NO_NEW_BLOCKS, MemoryReport, NewBlocks
 from kvlab.allocator.block_pool import BlockPool, FifoBlockPool
 from kvlab.allocator.options import cdiv, check_options, validate_geometry
 from kvlab.allocator.paged_report import paged_memory_report
-from kvlab.allocator.table_queries import TableQueries
+from kvlab.allocator.table_queries import BlockTableQueries
 from kvlab.request import Sequence
 
 
 @ALLOCATORS.register("paged")
-class PagedAllocator(TableQueries):
+class PagedAllocator(BlockTableQueries):
     """vLLM-style paged KV allocation: a sequence's blocks may be anywhere in the pool.
 
     ``allocate_slots`` grows a table one block at a time; ``fork`` shares every block of the
     parent (ref +1); a write into a block whose ref > 1 first copies it into a fresh block
-    (copy-on-write, queued as ``(src, dst)`` for :meth:`take_copies`). ``None`` from
+    (copy-on-write, returned as ``(src, dst)`` pairs in the result's ``copies``). ``None`` from
     ``allocate_slots`` / ``swap_*`` means "no room" and leaves every structure untouched.
 
     Args:
@@ -34,8 +34,8 @@ class PagedAllocator(TableQueries):
         block_size: token slots per block, 1..256.
         max_model_len: longest sequence in tokens (caps the expected final length in reports).
         num_cpu_blocks: CPU swap pool size in blocks (0 disables swapping: ``swap_out`` -> None).
-        seed: accepted for the uniform constructor; the allocator has no randomness (same
-            operations -> same block ids).
+
+    Nothing is random: the same operations give the same block ids.
     """
 
     OPTIONS: dict[str, tuple[str, ...]] = {}
@@ -44,19 +44,17 @@ class PagedAllocator(TableQueries):
     _REGISTERS = False  # does _after_allocate do anything (prefix: register full blocks)
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
-                 num_cpu_blocks: int = 0, seed: int = 0, **options: object) -> None:
+                 num_cpu_blocks: int = 0, **options: object) -> None:
         validate_geometry(num_blocks, block_size, max_model_len, num_cpu_blocks)
         self.options = check_options(self.name, options, self.OPTIONS)
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.max_model_len = max_model_len
-        self.seed = seed
         self.pool = self.POOL(num_blocks)
         self.cpu_pool = FifoBlockPool(num_cpu_blocks)
         self._tables: dict[int, list[int]] = {}  # seq_id -> GPU block ids, logical order
         self._seqs: dict[int, Sequence] = {}  # seq_id -> sequence, for the memory report
         self._swapped: dict[int, list[int]] = {}  # seq_id -> CPU block ids
-        self._copies: list[tuple[int, int]] = []
         self._logical_blocks = 0  # sum of table lengths, kept incrementally (report is O(#seqs))
         self._query_tokens = 0
         self._hit_tokens = 0
@@ -67,7 +65,7 @@ class PagedAllocator(TableQueries):
 
     # ---------------------------------------------------------------- allocation
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
-                       computed: tuple[list[int], int] | None = None) -> list[int] | None:
+                       computed: tuple[list[int], int] | None = None) -> NewBlocks | None:
         """Cover ``num_computed_tokens + computed tokens + num_new_tokens`` tokens (see base.py).
 
         Returns the newly allocated block ids (copy-on-write destinations included), ``[]`` when
@@ -89,11 +87,11 @@ class PagedAllocator(TableQueries):
                 if i >= last:
                     if self._REGISTERS:  # skip a no-op call on the paged hot path
                         self._after_allocate(seq, table, total)
-                    return []
+                    return NO_NEW_BLOCKS
         return self._allocate(seq, num_new_tokens, computed)
 
     def _allocate(self, seq: Sequence, num_new_tokens: int,
-                  computed: tuple[list[int], int] | None) -> list[int] | None:
+                  computed: tuple[list[int], int] | None) -> NewBlocks | None:
         bs = self.block_size
         pool = self.pool
         sid = seq.seq_id
@@ -115,7 +113,7 @@ class PagedAllocator(TableQueries):
         ref = pool.ref
         cow = [i for i in range(start // bs, min(needed, len(cur))) if ref[cur[i]] > 1]
         revive = sum(1 for b in cblocks if ref[b] == 0)  # cached blocks leaving the free queue
-        if num_new + len(cow) + revive > len(pool.free):
+        if num_new + len(cow) + revive > len(pool.free_queue):
             return None
         is_new = table is None
         if table is None:
@@ -125,13 +123,15 @@ class PagedAllocator(TableQueries):
         for b in cblocks:
             self._attach(b)
         table.extend(cblocks)
-        new_blocks: list[int] = []
+        new_blocks = NewBlocks()
+        if cow:
+            new_blocks.copies = []
         for i in cow:
             src = table[i]
             dst = self._pop()
             pool.decref(src)  # ref > 1, so it stays with its other holders
             table[i] = dst
-            self._copies.append((src, dst))
+            new_blocks.copies.append((src, dst))  # type: ignore[union-attr]
             new_blocks.append(dst)
         for _ in range(num_new):
             b = self._pop()
@@ -172,8 +172,8 @@ class PagedAllocator(TableQueries):
         """Per-sequence side state of ``sid`` is no longer needed."""
 
     # ---------------------------------------------------------------- fork / free
-    def fork(self, parent: Sequence, child: Sequence) -> None:
-        """``child`` shares all of ``parent``'s blocks (ref +1 each). Never raises MemoryError."""
+    def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
+        """``child`` shares all of ``parent``'s blocks (ref +1 each): no copies, never MemoryError."""
         src = self._tables.get(parent.seq_id)
         if src is None:
             raise KeyError(f"fork: parent seq {parent.seq_id} has no blocks on the GPU")
@@ -186,6 +186,7 @@ class PagedAllocator(TableQueries):
         self._seqs[child.seq_id] = child
         self._logical_blocks += len(src)
         self._fork_side_state(parent, child)
+        return []
 
     def _fork_side_state(self, parent: Sequence, child: Sequence) -> None:
         """Copy per-sequence side state (prefix: the cached block hashes)."""
@@ -208,7 +209,7 @@ class PagedAllocator(TableQueries):
         """Move the group's tables to the CPU pool; blocks shared inside the group move once."""
         tables = [(s, self._tables[s.seq_id]) for s in seqs if s.seq_id in self._tables]
         holders = Counter(b for _, t in tables for b in t)
-        if len(holders) > len(self.cpu_pool.free):
+        if len(holders) > len(self.cpu_pool.free_queue):
             return None
         mapping: dict[int, int] = {}
         for b, n in holders.items():
@@ -227,7 +228,7 @@ class PagedAllocator(TableQueries):
         """Bring a swapped group back into fresh GPU blocks (sharing preserved)."""
         group = [(s, self._swapped[s.seq_id]) for s in seqs if s.seq_id in self._swapped]
         holders = Counter(c for _, t in group for c in t)
-        if len(holders) > len(self.pool.free):
+        if len(holders) > len(self.pool.free_queue):
             return None
         mapping: dict[int, int] = {}
         for c, n in holders.items():
@@ -250,7 +251,11 @@ class PagedAllocator(TableQueries):
     # ---------------------------------------------------------------- reporting / checking
     def memory_report(self) -> MemoryReport:
         """The paper's Fig. 2 categories; O(#sequences). See :mod:`kvlab.allocator.paged_report`."""
-        return paged_memory_report(self, cached_free_blocks=self._num_cached_free())
+        return paged_memory_report(self._tables, self._seqs, block_size=self.block_size,
+                                   num_blocks=self.num_blocks, max_model_len=self.max_model_len,
+                                   num_free_blocks=len(self.pool.free_queue),
+                                   logical_blocks=self._logical_blocks,
+                                   cached_free_blocks=self._num_cached_free())
 
     def _num_cached_free(self) -> int:
         return 0

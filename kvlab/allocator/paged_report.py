@@ -20,26 +20,26 @@ siblings is counted once. That keeps the report O(#sequences) instead of O(#bloc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 from kvlab.allocator.base import MemoryReport
-
-if TYPE_CHECKING:
-    from kvlab.allocator.paged import PagedAllocator
+from kvlab.request import Sequence
 
 
-def paged_memory_report(alloc: PagedAllocator, cached_free_blocks: int = 0) -> MemoryReport:
-    """Build the report for a paged-family allocator. Does not mutate ``alloc``."""
-    bs = alloc.block_size
-    max_len = alloc.max_model_len
-    total = alloc.num_blocks * bs
-    free_blocks = len(alloc.pool.free)
-    used_blocks = alloc.num_blocks - free_blocks
+def paged_memory_report(tables: Mapping[int, list[int]], seqs: Mapping[int, Sequence], *,
+                        block_size: int, num_blocks: int, max_model_len: int, num_free_blocks: int,
+                        logical_blocks: int, cached_free_blocks: int = 0) -> MemoryReport:
+    """Build the report for a paged-family allocator from its block tables (seq id -> block
+    ids) and sequences (seq id -> sequence). Reads only its arguments and mutates none of them."""
+    bs = block_size
+    max_len = max_model_len
+    total = num_blocks * bs
+    free_blocks = num_free_blocks
+    used_blocks = num_blocks - free_blocks
     seen_last: set[int] = set()
     reservation = 0
     internal = 0
-    seqs = alloc._seqs
-    for sid, table in alloc._tables.items():
+    for sid, table in tables.items():
         if not table:
             continue
         last = table[-1]
@@ -54,7 +54,7 @@ def paged_memory_report(alloc: PagedAllocator, cached_free_blocks: int = 0) -> M
         reservation += will_fill
         internal += cap - filled - will_fill
     token_states = used_blocks * bs - reservation - internal
-    logical = alloc._logical_blocks
+    logical = logical_blocks
     return MemoryReport(
         total_slots=total,
         token_states=token_states,

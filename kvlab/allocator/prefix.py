@@ -42,8 +42,8 @@ class PrefixCachingAllocator(PagedAllocator):
     _REGISTERS = True
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
-                 num_cpu_blocks: int = 0, seed: int = 0, **options: object) -> None:
-        super().__init__(num_blocks, block_size, max_model_len, num_cpu_blocks, seed, **options)
+                 num_cpu_blocks: int = 0, **options: object) -> None:
+        super().__init__(num_blocks, block_size, max_model_len, num_cpu_blocks, **options)
         self._index: dict[int, int] = {}  # block key -> block id
         self._bkey: list[int | None] = [None] * num_blocks  # block id -> its key (None: not cached)
         self._bparent: list[int | None] = [None] * num_blocks  # parent key, checked on a hit
@@ -125,7 +125,7 @@ class PrefixCachingAllocator(PagedAllocator):
 
     def _release(self, table: list[int]) -> None:
         ref = self.pool.ref
-        free = self.pool.free
+        free = self.pool.free_queue
         bkey = self._bkey
         cached_free = 0
         for b in reversed(table):

@@ -1,17 +1,20 @@
-"""Read-only queries every block-table allocator answers the same way (a mixin).
+"""Queries every block-table allocator answers the same way (a mixin; none of them mutates).
 
-An allocator using it keeps ``_tables`` (seq id -> block ids), ``pool`` and ``cpu_pool`` (with a
-``free`` collection) and ``_copies`` (queued (src, dst) block copies).
+An allocator using it keeps ``_tables`` (seq id -> block ids), ``pool`` and ``cpu_pool``
+(:class:`~kvlab.allocator.block_pool.BlockPool` objects with a ``free_queue``) and ``block_size``.
 """
 
 from __future__ import annotations
 
+from kvlab.allocator.options import cdiv
 from kvlab.request import Sequence
 
 
-class TableQueries:
+class BlockTableQueries:
+    """Read-only queries shared by the paged, prefix and contiguous allocators."""
+
     _tables: dict[int, list[int]]
-    _copies: list[tuple[int, int]]
+    block_size: int
 
     def get_computed_blocks(self, seq: Sequence) -> tuple[list[int], int]:
         """No prefix cache: always ``([], 0)`` (the prefix allocator overrides this)."""
@@ -21,11 +24,13 @@ class TableQueries:
         return self._tables.get(seq.seq_id, [])
 
     def num_free_blocks(self) -> int:
-        return len(self.pool.free)  # type: ignore[attr-defined]
+        return len(self.pool.free_queue)  # type: ignore[attr-defined]
 
     def num_free_cpu_blocks(self) -> int:
-        return len(self.cpu_pool.free)  # type: ignore[attr-defined]
+        return len(self.cpu_pool.free_queue)  # type: ignore[attr-defined]
 
-    def take_copies(self) -> list[tuple[int, int]]:
-        copies, self._copies = self._copies, []
-        return copies
+    def worst_case_blocks(self, prompt_len: int, max_len: int, num_seqs: int) -> int:
+        """Sharing allocators: the prompt's full blocks once, every sequence's own tail blocks
+        (from the block holding the prompt's last token to ``max_len``) once per sequence."""
+        shared = prompt_len // self.block_size if num_seqs > 1 else 0
+        return shared + num_seqs * (cdiv(max_len, self.block_size) - shared)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kvlab.request import SamplingParams
+from kvlab.request import SamplingParams, is_decode
 
 
 @dataclass
@@ -33,12 +33,16 @@ class ScheduledSeq:
     num_samples: int
     sampling: SamplingParams
     sample_index: int = 0  # how many tokens this sequence has sampled before (seeded RNG stream)
-    is_prefill: bool = False  # the chunk is part of the prompt (or a recompute of it)
     beam: bool = False
 
     @property
     def num_new_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def is_decode(self) -> bool:
+        """One new token against the cached context (:func:`kvlab.request.is_decode`)."""
+        return is_decode(len(self.token_ids))
 
     @property
     def context_len(self) -> int:

@@ -7,6 +7,12 @@ or nothing per request). (2) If nothing was preempted, swapped requests come bac
 (3) waiting requests are admitted in arrival order while blocks above the watermark, the token
 budget and ``max_num_seqs`` allow — and, as in the paper, none while any request is swapped out.
 
+Progress is guaranteed: a request whose worst case can never fit the pool is refused by
+``add_request``; one that still cannot grow while it is the only request running (nothing left to
+preempt) ends with finish reason "length" (``FINISHED_CAPACITY``) instead of preempting itself
+forever; a swapped group comes back whenever the pool can hold it, watermark or not, once nothing
+else is running.
+
 The sequences of one request (parallel samples, beams) are scheduled together or not at all.
 """
 
@@ -14,12 +20,9 @@ from __future__ import annotations
 
 import bisect
 
-from kvlab.allocator.base import KVAllocator
-from kvlab.registry import Registry
-from kvlab.request import Request, SequenceStatus
-from kvlab.scheduler.base import ScheduledChunk, SchedulerBase, SchedulerOutput
-
-SCHEDULERS: Registry[SchedulerBase] = Registry("scheduler")
+from kvlab.allocator.base import NO_NEW_BLOCKS, KVAllocator
+from kvlab.request import Request, SequenceStatus, is_decode
+from kvlab.scheduler.base import SCHEDULERS, ScheduledChunk, SchedulerBase, SchedulerOutput
 
 PREEMPTION_MODES = ("recompute", "swap")
 
@@ -52,7 +55,7 @@ class FCFSScheduler(SchedulerBase):
 
     # -- the step --
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
+        out = self._new_output()
         budget = self.max_num_batched_tokens
         i = 0
         while i < len(self.running):
@@ -66,7 +69,6 @@ class FCFSScheduler(SchedulerBase):
             budget = self._swap_in(budget, out)
             if self._admission_open():
                 self._admit(budget, out)
-        out.blocks_to_copy.extend(self.allocator.take_copies())
         return out
 
     def _schedule_running(self, req: Request, budget: int, out: SchedulerOutput,
@@ -86,25 +88,39 @@ class FCFSScheduler(SchedulerBase):
         if need == 0 or need > budget:
             return 0
         chunks = []
+        alloc = self.allocator
         for seq, n in todo:
-            while self.allocator.allocate_slots(seq, n) is None:
+            while (got := alloc.allocate_slots(seq, n)) is None:
                 if not may_preempt:
                     return 0
                 victim = self.running[-1]
+                if victim is req and len(self.running) == 1:
+                    self._outgrown(req, out)  # nothing left to preempt: it can never grow here
+                    return None
                 self._preempt(victim, out)
                 if victim is req:
                     return None
-            chunks.append(ScheduledChunk(seq, n, self.allocator.block_table(seq)))
-        self._emit(chunks, out)
-        return need
-
-    def _emit(self, chunks: list[ScheduledChunk], out: SchedulerOutput) -> None:
-        for c in chunks:
-            out.chunks.append(c)
-            if c.num_new_tokens == 1 and c.seq.num_computed_tokens >= c.seq.num_prompt_tokens:
+            if got is not NO_NEW_BLOCKS and got.copies:  # identity first: the decode fast path
+                out.blocks_to_copy.extend(got.copies)
+            chunks.append(ScheduledChunk(seq, n, alloc.block_table(seq)))
+        emitted = out.chunks
+        for c in chunks:  # SchedulerBase._count, inlined: this runs for every sequence every step
+            emitted.append(c)
+            if is_decode(c.num_new_tokens):
                 out.num_decode_tokens += 1
             else:
                 out.num_prefill_tokens += c.num_new_tokens
+        return need
+
+    def _outgrown(self, req: Request, out: SchedulerOutput) -> None:
+        """End the only running request, which cannot get the slots for its next tokens even with
+        every other request out of the way, with finish reason "length"."""
+        self.running.remove(req)
+        req.finish_detail = (f"stopped at {max(s.num_tokens for s in req.live_seqs())} tokens: the KV cache "
+                             f"({self.allocator.num_blocks} blocks of {self.allocator.block_size} tokens) "
+                             "cannot hold this request's next token")
+        self._end(req, SequenceStatus.FINISHED_CAPACITY)
+        out.rejected.append(req)
 
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.running.remove(req)
@@ -131,8 +147,12 @@ class FCFSScheduler(SchedulerBase):
         while self.swapped:
             req = self.swapped[0]
             live = req.live_seqs()
+            if budget < len(live):
+                break
+            # An upper bound (blocks shared inside the group count once per sequence): when it
+            # fails and nothing else runs, try anyway — swap_in itself says whether the group fits.
             blocks = sum(self._blocks_for(s.num_tokens) for s in live)
-            if budget < len(live) or not self._can_admit(blocks):
+            if self.running and not self._can_admit(blocks):
                 break
             pairs = self.allocator.swap_in(live)
             if pairs is None:
@@ -167,32 +187,34 @@ class FCFSScheduler(SchedulerBase):
                 need = budget
             blocks_needed = sum(self._blocks_for(s.num_computed_tokens + c[1] + n) - len(c[0])
                                 for s, c, n in plans)
-            if not self._can_admit(blocks_needed):
-                if self._reject_if_infeasible(req):
-                    continue
+            if not self._can_admit(blocks_needed) and (self.running or self.swapped):
                 break
-            chunks = self._allocate_group(plans)
+            chunks = self._allocate_group(plans, out)
             if chunks is None:
-                if self._reject_if_infeasible(req):
+                if self._reject_if_infeasible(req, out):
                     continue
                 break
             self._start(req, live, chunks, out)
             budget -= need
             num_seqs += len(live)
 
-    def _allocate_group(self, plans: list) -> list[ScheduledChunk] | None:
+    def _allocate_group(self, plans: list, out: SchedulerOutput) -> list[ScheduledChunk] | None:
         """Allocate every sequence of a request being admitted, or none of them (atomic)."""
         saved = [(s, s.num_computed_tokens, s.num_cached_tokens) for s, _, _ in plans]
         chunks: list[ScheduledChunk] = []
+        copies: list[tuple[int, int]] = []
         for seq, computed, n in plans:
-            if self.allocator.allocate_slots(seq, n, computed if computed[1] else None) is None:
+            got = self.allocator.allocate_slots(seq, n, computed if computed[1] else None)
+            if got is None:
                 for s, num_computed, num_cached in saved[: len(chunks)]:
                     self.allocator.free(s)
                     s.num_computed_tokens, s.num_cached_tokens = num_computed, num_cached
                 return None
+            copies.extend(got.copies)
             seq.num_computed_tokens += computed[1]
             seq.num_cached_tokens = computed[1]
             chunks.append(ScheduledChunk(seq, n, self.allocator.block_table(seq)))
+        out.blocks_to_copy.extend(copies)
         return chunks
 
     def _start(self, req: Request, live: list, chunks: list[ScheduledChunk], out: SchedulerOutput) -> None:
@@ -202,20 +224,21 @@ class FCFSScheduler(SchedulerBase):
         for seq in live:
             seq.status = SequenceStatus.RUNNING
         bisect.insort(self.running, req, key=_arrival)
-        self._emit(chunks, out)
+        for c in chunks:
+            self._count(c, out)
 
-    def _reject_if_infeasible(self, req: Request) -> bool:
-        """A request that does not fit into an otherwise empty pool never will: abort it instead of
-        waiting forever (e.g. a parallel-sampling group recomputed without sharing, or a
-        reservation larger than the pool). The engine reports it with finish reason "abort"."""
+    def _reject_if_infeasible(self, req: Request, out: SchedulerOutput) -> bool:
+        """A request that does not fit into an otherwise empty pool never will (a case the
+        worst-case check at ``add_request`` cannot see, e.g. buddy placement of a pool whose size
+        is no power of two): end it instead of waiting forever. It travels in ``out.rejected``
+        with finish reason "abort"."""
         if self.running or self.swapped:
             return False
         self.waiting.remove(req)
-        for seq in req.seqs:
-            if not seq.is_finished:
-                self.allocator.free(seq)
-                seq.status = SequenceStatus.FINISHED_ABORTED
-        self.rejected.append(req)
+        req.finish_detail = (f"the KV cache ({self.allocator.num_blocks} blocks of {self.allocator.block_size} "
+                             "tokens) cannot place this request even when empty")
+        self._end(req, SequenceStatus.FINISHED_ABORTED)
+        out.rejected.append(req)
         return True
 
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from kvlab.engine import LLMEngine
 from kvlab.engine_stats import EngineStats
-from kvlab.outputs import RequestOutput
+from kvlab.request_output import RequestOutput
 from kvlab.server.prometheus import ServerMetrics
 
 log = logging.getLogger("kvlab.serve")

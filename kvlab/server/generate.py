@@ -23,8 +23,8 @@ from typing import Any
 from starlette.requests import Request as HttpRequest
 
 from kvlab.engine import LLMEngine
-from kvlab.outputs import RequestOutput
 from kvlab.request import SamplingParams
+from kvlab.request_output import RequestOutput
 from kvlab.server.async_engine import AsyncEngine, EngineDead, RequestStream, ShuttingDown
 from kvlab.server.outputs import DONE, ChoiceCursor, Delta, LogprobFormatter, next_delta, sse, usage
 from kvlab.server.protocol import GenerationRequest, OpenAIError, error_body, stop_list

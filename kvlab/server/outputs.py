@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvlab.outputs import CompletionOutput, RequestOutput
+from kvlab.request_output import CompletionOutput, RequestOutput
 
 
 @dataclass

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from kvlab.engine_stats import EngineStats
 from kvlab.metrics import request_latency
-from kvlab.outputs import RequestOutput
+from kvlab.request_output import RequestOutput
 
 P = "kvlab:"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)

@@ -12,8 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from kvlab.request import Request, SamplingParams
-
 # Synthetic prompts use ids from here up, so they never hit special tokens (BOS/EOS/pad/chat
 # markers sit at the low ids in OPT, Llama and SmolLM2 vocabularies).
 TEXT_TOKEN_ID_LOW = 100
@@ -42,23 +40,6 @@ class TraceRequest:
     n: int = 1
     beam_width: int = 1
     messages: list[dict[str, str]] | None = None
-
-    def sampling_params(self) -> SamplingParams:
-        """The paper's sampling setup: forced length (EOS ignored); beam search is greedy (T=0)."""
-        return SamplingParams(
-            n=self.n, beam_width=self.beam_width, max_tokens=self.output_len,
-            min_tokens=self.output_len, ignore_eos=True,
-            temperature=0.0 if self.beam_width > 1 else 1.0,
-        )
-
-    def to_request(self) -> Request:
-        """A fresh engine :class:`Request` (``expected_output_len`` = the forced length, the
-        "oracle" an allocator may use). Raises ``WorkloadError`` if the prompt is untokenized."""
-        if self.prompt_token_ids is None:
-            raise WorkloadError(f"request {self.request_id}: prompt is text; pass a tokenizer")
-        return Request(self.request_id, self.prompt_token_ids, self.sampling_params(),
-                       arrival_time=self.arrival_time, expected_output_len=self.output_len,
-                       prompt=self.prompt)
 
 
 @dataclass

@@ -23,10 +23,9 @@ def test_group_reservation_makes_forks_safe() -> None:
     intruder = group_seq(1, rid="x")
     assert a.allocate_slots(intruder, 10) is None  # held runs are not up for grabs
     kids = [seq.fork(), seq.fork()]
-    for k in kids:
-        a.fork(seq, k)
+    copies = [pair for k in kids for pair in a.fork(seq, k)]
     assert a.block_table(kids[0]) == [4, 5, 6, 7] and a.block_table(kids[1]) == [8, 9, 10, 11]
-    assert a.take_copies() == [(0, 4), (1, 5), (2, 6), (0, 8), (1, 9), (2, 10)]  # 10 tokens: 3 blocks
+    assert copies == [(0, 4), (1, 5), (2, 6), (0, 8), (1, 9), (2, 10)]  # 10 tokens: 3 blocks
     with pytest.raises(MemoryError):
         a.fork(seq, seq.fork())  # nothing held, nothing free
     a.check_invariants()
@@ -102,5 +101,5 @@ def test_every_allocator_satisfies_the_protocol() -> None:
 
     for name in ALLOCATORS.names():
         cfg = OmegaConf.create({"name": name, "block_size": 8, "num_blocks": None})
-        alloc = build_allocator(cfg, num_blocks=32, max_model_len=64, num_cpu_blocks=4, seed=1)
+        alloc = build_allocator(cfg, num_blocks=32, max_model_len=64, num_cpu_blocks=4)
         assert isinstance(alloc, KVAllocator) and alloc.block_size == 8

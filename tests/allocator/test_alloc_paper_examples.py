@@ -101,10 +101,11 @@ def test_fig8_parallel_sampling_copy_on_write() -> None:
         assert rep.logical_blocks == 4 and rep.physical_blocks == 2 and rep.shared_saved_slots == 8
         new = decode(a, seq_a, 100)  # writes slot 7, inside the shared partial block -> copy it
         assert new is not None and len(new) == 1
-        assert a.take_copies() == [(table[1], new[0])]
+        assert new.copies == [(table[1], new[0])]
         assert a.block_table(seq_a) == [table[0], new[0]]
         assert [a.pool.ref[b] for b in table] == [2, 1]
-        assert decode(a, seq_b, 200) == [] and a.take_copies() == []  # sole owner now: in place
+        in_place = decode(a, seq_b, 200)
+        assert in_place == [] and list(in_place.copies) == []  # sole owner now: in place
         a.check_invariants()
 
 

@@ -42,7 +42,7 @@ class AllocatorMachine(RuleBasedStateMachine):
     def build(self, reservation: str, placement: str) -> None:
         opts = {"reservation": reservation, "placement": placement} if self.name == "contiguous" else {}
         self.allocs = [ALLOCATORS.build(self.name, NUM_BLOCKS, BLOCK_SIZE, MAX_LEN,
-                                        num_cpu_blocks=CPU_BLOCKS, seed=0, **opts) for _ in range(2)]
+                                        num_cpu_blocks=CPU_BLOCKS, **opts) for _ in range(2)]
 
     def call(self, method: str, *args):
         """Run on both allocators, check they agree, return the first one's answer."""
@@ -106,7 +106,7 @@ class AllocatorMachine(RuleBasedStateMachine):
             seq.token_ids.pop()
             return
         table = self.allocs[0].block_table(seq)
-        for src, dst in self.call("take_copies"):  # copy-on-write: the copy replaced the shared block
+        for src, dst in got.copies:  # copy-on-write: the copy replaced the shared block
             assert src != dst and dst in got and dst in table and src not in table
         seq.num_computed_tokens += 1
 
@@ -119,14 +119,13 @@ class AllocatorMachine(RuleBasedStateMachine):
         child = parent.fork()
         before = snapshot(self.allocs[0], self.tracked())
         try:
-            self.call("fork", parent, child)
+            copies = self.call("fork", parent, child)
         except MemoryError:
             assert self.name == "contiguous"
             assert snapshot(self.allocs[0], self.tracked()) == before
             return
         parent.request.seqs.append(child)
         self.running.append(child)
-        copies = self.call("take_copies")
         ptable, ctable = self.allocs[0].block_table(parent), self.allocs[0].block_table(child)
         if self.name == "contiguous":  # no sharing: the parent's KV blocks are copied in order
             assert copies == list(zip(ptable, ctable))[:len(copies)]

@@ -14,6 +14,7 @@ from kvlab.executor.base import Sample, StepInput, StepOutput
 
 class FakeExecutor:
     virtual_time = True
+    vocab_size = 2048  # it samples ids 100..1499; the engine checks token ids against this
 
     def __init__(self, num_blocks: int = 64, block_bytes: int = 1024, max_model_len: int = 2048,
                  eos_token_id: int | None = None, seed: int = 0) -> None:

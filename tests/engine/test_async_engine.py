@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from kvlab.outputs import RequestOutput
 from kvlab.request import SamplingParams
+from kvlab.request_output import RequestOutput
 from kvlab.server.async_engine import AsyncEngine
 
 

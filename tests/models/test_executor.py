@@ -15,7 +15,7 @@ GREEDY = SamplingParams(temperature=0)
 
 
 def prefill(ex: TorchExecutor, ids: list[int], table: list[int]) -> int:
-    out = ex.execute(StepInput([ScheduledSeq(0, "r", ids, 0, table, 1, GREEDY, is_prefill=True)]))
+    out = ex.execute(StepInput([ScheduledSeq(0, "r", ids, 0, table, 1, GREEDY)]))
     return out.samples[0][0].token_id
 
 
@@ -52,7 +52,7 @@ def test_copy_on_write_runs_before_the_forward(executor, prompt_ids):
 
 def test_parallel_samples_at_prompt_end_are_seeded(executor, prompt_ids):
     sp = SamplingParams(n=4, temperature=1.0, seed=3, logprobs=2)
-    step = StepInput([ScheduledSeq(0, "r", prompt_ids[0], 0, [0], 4, sp, is_prefill=True)])
+    step = StepInput([ScheduledSeq(0, "r", prompt_ids[0], 0, [0], 4, sp)])
     executor.init_cache(4, 0, 16)
     a = executor.execute(step).samples[0]
     b = executor.execute(step).samples[0]

@@ -24,7 +24,7 @@ def executor_greedy(executor, prompts: list[list[int]], new_tokens: int) -> list
     tables = [ids[i * per_seq:(i + 1) * per_seq] for i in range(len(prompts))]
     # min_tokens masks EOS like HF min_new_tokens, so both run the full length
     greedy = SamplingParams(temperature=0.0, max_tokens=new_tokens, min_tokens=new_tokens)
-    step = StepInput([ScheduledSeq(i, f"r{i}", list(p), 0, tables[i], 1, greedy, is_prefill=True)
+    step = StepInput([ScheduledSeq(i, f"r{i}", list(p), 0, tables[i], 1, greedy)
                       for i, p in enumerate(prompts)])
     outs: list[list[int]] = [[] for _ in prompts]
     for k in range(new_tokens):

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from kvlab.bench.stats import RequestResult, summarize
-from kvlab.outputs import CompletionOutput
+from kvlab.request_output import CompletionOutput
 from kvlab.serve import _shorthand
 from kvlab.server.best import best_overrides, pick_best
 from kvlab.server.outputs import ChoiceCursor, next_delta
@@ -137,8 +137,8 @@ def test_api_key_sources_file_then_env_then_config(tmp_path: Path, monkeypatch: 
 
 
 def test_capacity_error_names_the_real_cause() -> None:
-    from kvlab.outputs import CompletionOutput, RequestOutput
     from kvlab.request import SamplingParams
+    from kvlab.request_output import CompletionOutput, RequestOutput
     from kvlab.server.generate import add_error, capacity_error
 
     one = RequestOutput("r", None, list(range(10)), [CompletionOutput(0, "", [1] * 900, None, None, "abort")], True)

@@ -16,7 +16,7 @@ from tests.sim.conftest import sim_cfg
 def seq(i: int, num: int, start: int, samples: int = 1, beam: bool = False, **sp: object) -> ScheduledSeq:
     return ScheduledSeq(seq_id=i, request_id=f"r{i}", token_ids=[5] * num, start_pos=start,
                         block_table=list(range(-(-(start + num) // 16))), num_samples=samples,
-                        sampling=SamplingParams(**sp), is_prefill=start == 0, beam=beam)
+                        sampling=SamplingParams(**sp), beam=beam)
 
 
 def make(seed: int = 0, **kv: object) -> SimExecutor:

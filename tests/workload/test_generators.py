@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kvlab.driver import trace_params
 from kvlab.workloads import build_workload
 from kvlab.workloads.base import TEXT_TOKEN_ID_LOW
 from kvlab.workloads.lengths import PAPER_MEANS
@@ -83,9 +84,9 @@ def test_filters_and_sampling_fields():
     w = build({"name": "sharegpt", "num_requests": 500, "max_prompt_len": 100, "max_total_len": 300, "n": 4})
     assert all(r.prompt_len <= 100 and r.prompt_len + r.output_len <= 300 for r in w.requests)
     assert all(r.n == 4 and r.beam_width == 1 for r in w.requests)
-    req = w.requests[0].to_request()
-    assert req.sampling_params.n == 4 and req.expected_output_len == w.requests[0].output_len
-    assert req.sampling_params.ignore_eos and req.sampling_params.max_tokens == w.requests[0].output_len
+    sp = trace_params(w.requests[0])  # what the driver submits for a trace request
+    assert sp.n == 4 and sp.min_tokens == 0
+    assert sp.ignore_eos and sp.max_tokens == w.requests[0].output_len
     small = build({"name": "sharegpt", "num_requests": 50}, max_model_len=512)
     assert all(r.prompt_len + r.output_len < 512 for r in small.requests)
 

@@ -17,7 +17,7 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: float | None
     logprobs: list[dict[int, float]] | None
-    finish_reason: str | None  # "stop" | "length" | "abort" | None while running
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None while running
     stop_reason: int | str | None = None
 
 
@@ -31,3 +31,4 @@ class RequestOutput:
     num_cached_tokens: int = 0
     metrics: RequestRecord | None = None
     extra: dict = field(default_factory=dict)
+    finish_detail: str | None = None  # why the engine ended it early: never fit, outgrew the pool, error

@@ -1,6 +1,6 @@
 """Micro-benchmark of the torch executor: load time and batched-decode tokens/s.
 
-``python -m kvlab.models.bench --dtype bfloat16 --batch 1 32 --context 256 --steps 16 [--gemm native]``
+``python experiments/model_bench.py --dtype bfloat16 --batch 1 32 --context 256 --steps 16 [--gemm native]``
 prefills ``batch`` synthetic sequences of ``context`` tokens (block size 16, shuffled block ids),
 then times ``steps`` decode steps of the whole batch and prints one JSON line per batch size.
 Numbers are only meaningful on a quiet machine: on 2 shared cores another process halves them.
@@ -33,7 +33,7 @@ def decode_tok_s(ex: TorchExecutor, batch: int, context: int, steps: int) -> dic
     t = time.perf_counter()
     last: dict[int, int] = {}
     for i in range(0, batch, 4):  # prefill 4 sequences per step
-        step = StepInput([ScheduledSeq(j, str(j), prompt, 0, tables[j], 1, sp, is_prefill=True)
+        step = StepInput([ScheduledSeq(j, str(j), prompt, 0, tables[j], 1, sp)
                           for j in range(i, min(i + 4, batch))])
         last.update({k: v[0].token_id for k, v in ex.execute(step).samples.items()})
     prefill_s = time.perf_counter() - t
