@@ -71,6 +71,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if isinstance(self.seed, int) and not isinstance(self.seed, bool) and not 0 <= self.seed < 2**63:
+            self.seed %= 2**63  # any integer seeds; the generators take 63 bits (OpenAI's seed is unbounded)
         self.validate()
 
     def validate(self, vocab_size: int | None = None) -> None:
@@ -92,8 +94,8 @@ class SamplingParams:
             (isinstance(self.top_k, int), "top_k must be an integer (<= 0 disables it)"),
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in 0..20"),
             (not (self.n > 1 and self.beam_width > 1), "use either n > 1 or beam_width > 1, not both"),
-            (self.seed is None or (is_int(self.seed) and -(2**63) <= self.seed < 2**63),
-             "seed must be an integer in [-2**63, 2**63)"),
+            (self.seed is None or (is_int(self.seed) and 0 <= self.seed < 2**63),
+             "seed must be an integer"),
             (all(is_int(t) for t in self.stop_token_ids), "stop_token_ids must be integers"),
             (self.length_penalty == self.length_penalty, "length_penalty must be a number"),
         ]

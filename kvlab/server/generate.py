@@ -105,19 +105,16 @@ class Serving:
                               param="prompt") from None
 
     def fit_to_vocab(self, params: SamplingParams) -> SamplingParams:
-        """Token-id parameters checked against the vocabulary (400 naming them); ``top_k`` above the
-        vocabulary means "no top-k" and is clamped; seeds are reduced to 63 bits."""
-        vocab = self.vocab_size
-        bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise OpenAIError(400, f"stop_token_ids: token id {bad} is outside the vocabulary [0, {vocab})",
-                              param="stop_token_ids")
-        changes: dict[str, Any] = {}
-        if params.top_k > vocab:
-            changes["top_k"] = vocab
-        if params.seed is not None and not 0 <= params.seed < 2**63:
-            changes["seed"] = params.seed % 2**63
-        return dataclasses.replace(params, **changes) if changes else params
+        """A copy of ``params`` checked against the vocabulary by the one rule
+        (:meth:`SamplingParams.validate`): token ids outside it are a 400 naming the parameter,
+        ``top_k`` above it means "no top-k" and is clamped."""
+        params = dataclasses.replace(params)  # validate(vocab_size) clamps top_k in place
+        try:
+            params.validate(self.vocab_size)
+        except ValueError as e:
+            param = "stop_token_ids" if "stop_token_ids" in str(e) else None
+            raise OpenAIError(400, str(e).removeprefix("invalid SamplingParams: "), param=param) from None
+        return params
 
     async def submit(
         self, prompt: str | list[int], params: SamplingParams, max_tokens_given: bool, prefix: str

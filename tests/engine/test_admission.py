@@ -121,8 +121,10 @@ def test_top_k_is_clamped_and_token_ids_checked_against_the_vocabulary():
         eng.add_request([1, 2, 3], SamplingParams(stop_token_ids=[10**9], min_tokens=1))
     with pytest.raises(ValueError, match="prompt token id"):
         eng.add_request([1, vocab + 5], SamplingParams())
+    big = eng.add_request([1, 2], SamplingParams(seed=10**30, max_tokens=1))  # any integer seeds (63 bits used)
+    assert big.sampling_params.seed == 10**30 % 2**63
     with pytest.raises(ValueError, match="seed"):
-        eng.add_request([1, 2], SamplingParams(seed=10**30))
+        eng.add_request([1, 2], SamplingParams(seed=1.5))  # type: ignore[arg-type]
     drain(eng)
     assert req.seqs[0].num_output_tokens == 2
 

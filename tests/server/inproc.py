@@ -53,6 +53,7 @@ class InProcServer:
                  options: ServerOptions | None = None, block_size: int = 16) -> None:
         self.executor = GatedExecutor(num_blocks=num_blocks, max_model_len=max_model_len)
         self.executor.tokenizer = tokenizer
+        self.executor.vocab_size = VOCAB  # prompts come from the real tokenizer (the fake samples ids < 1500)
         cfg = {
             "allocator": {"name": "paged", "block_size": block_size, "num_blocks": None},
             "scheduler": {"name": "fcfs", "preemption": "recompute", "max_num_batched_tokens": 512},
