@@ -53,7 +53,7 @@ class GridPoint:
         for j, (n, start, sampled) in enumerate(self.chunks):
             nb = -(-(n + start) // b)
             seqs.append(ScheduledSeq(10_000 + j, f"c{j}", [7 + (k % 331) for k in range(n)], start,
-                                     list(range(nxt, nxt + nb)), 1 if sampled else 0, sampling, is_prefill=True))
+                                     list(range(nxt, nxt + nb)), 1 if sampled else 0, sampling))
             nxt += nb
         return StepInput(seqs)
 
