@@ -190,14 +190,28 @@ def build(root: Path, t: dict[str, pd.DataFrame], mode: str, seconds: float, fig
     L += ["## Fig. 15: memory saved by sharing (vLLM, OPT-13B)", "", f"![fig15]({fig_dir}/fig15.png)", "",
           md_table(f15), "", _fig15_sentence(f15), EXPLAIN["fig15"], ""]
     L += ["## Fig. 18a: attention kernel latency", "", f"![fig18a]({fig_dir}/fig18a.png)", "",
-          "Needs a GPU: the simulator has no kernel to time. The plot shows the paper's digitized "
-          "points only; the gap stays until a GPU run of kvlab's Triton paged-attention kernel fills it.", ""]
+          _fig18a_source(), ""]
     for fig, key in (("fig18b", "fig18b"), ("fig19b", "fig19b")):
         L += [f"## {TITLES[key]}", "", f"![{fig}]({fig_dir}/{fig}.png)", "", md_table(t[key], "{:.3g}"), "",
               EXPLAIN[key], ""]
     L += ["## Fig. 19a: swap vs recompute microbenchmark", "", f"![fig19a]({fig_dir}/fig19a.png)", "",
           md_table(t["fig19a"], "{:.3g}"), "", EXPLAIN["fig19a"], ""]
     return "\n".join(L)
+
+
+def _fig18a_source() -> str:
+    """Where Fig. 18a's kvlab points come from: the Triton kernel benchmark's runs on a GPU, if any."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "results" / "kernels"
+    runs = sorted(p.parent.name for p in root.glob("*/fig18a.json"))
+    where = ("kvlab's points were measured by `experiments/bench_kernels.py` on: " + ", ".join(runs)
+             + " (`results/kernels/<device>/fig18a.json` and `fig18a.png` there)." if runs else
+             "kvlab's side is not yet measured on a GPU: the plot shows the paper's digitized points only.")
+    return ("Needs a GPU: the simulator has no kernel to time. " + where + " The paper's setup (batch 8 and 32, "
+            "40 heads x 128, fp16, contexts 64-256) is run by `experiments/bench_kernels.py` (part of "
+            "`experiments/gpu_check.sh`), beside torch SDPA on pre-gathered K/V standing in for "
+            "FasterTransformer's kernel; see docs/kernels.md.")
 
 
 TITLES = {"fig18b": "Fig. 18b: block size vs normalized latency (vLLM, OPT-13B)",
