@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         root = REPO / "results" / "paper" / "full"
         fig_dir, readme = REPO / "paper" / "figures", REPO / "paper" / "README.md"
     root.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     t0 = time.perf_counter()
     timing = root / "timing.json"
     if args.report_only:
@@ -60,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     rel_root = root.relative_to(REPO) if root.is_relative_to(REPO) else root
     rel_fig = Path(fig_dir).relative_to(readme.parent) if fig_dir.is_relative_to(readme.parent) else fig_dir
     report.write(rel_root, t, mode, seconds, readme, str(rel_fig))
+    from kvlab.manifest import write_manifest
+
+    write_manifest(root, {"mode": mode, "jobs": args.jobs, "fresh": args.fresh, "report_only": args.report_only},
+                   started=started, extra={"entry_point": "kvlab.paper"})
     print(f"figures: {len(paths)} in {fig_dir}\nreport: {readme}\ntook {seconds / 60:.1f} min", flush=True)
     return 0
 

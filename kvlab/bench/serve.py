@@ -176,6 +176,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
+    started = time.time()
     config, metrics = asyncio.run(run(args))
     print(format_table(metrics, f"kvlab bench serve: {config['label'] or config['model']}"))
     out = args.result_dir or Path("results/serve_bench") / time.strftime("%Y%m%d-%H%M%S")
@@ -183,5 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     (out / "metrics.json").write_text(json.dumps(clean, indent=2) + "\n")
+    from kvlab.manifest import write_manifest
+
+    # the machine recorded is the load generator's; the server's own is in its banner / run manifest
+    write_manifest(out, config, started=started, extra={"entry_point": "kvlab.bench serve"})
     print(f"results: {out}")
     return 0 if metrics["failed"] == 0 else 1

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
+
+from kvlab.manifest import write_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
                          "e.g. --override model.checkpoint=random")
     args = ap.parse_args(argv)
+    started = time.time()
     try:
         if args.validate is not None:
             from kvlab.calibrate.validate import markdown, validate
@@ -41,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
             table = validate(args.validate, quick=args.quick, force=args.force, out_csv=out)
             print(markdown(table))
             print(f"load average during validation: {table.attrs['load_average']}")
+            write_manifest(Path(out).parent, vars(args), started=started,
+                           extra={"entry_point": "kvlab.calibrate --validate"})
             print(f"validation: {out}", flush=True)
             return 0
         from kvlab.calibrate.calibrate import calibrate
@@ -48,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         path = calibrate(model=args.model, dtype=args.dtype, device=args.device, threads=args.threads,
                          quick=args.quick, repeats=args.repeats, out=args.out, base_hardware=args.base_hardware,
                          extra=args.override)
+        write_manifest(Path(path).parent, vars(args), started=started, extra={"entry_point": "kvlab.calibrate"})
         print(f"profile: {path}", flush=True)
         return 0
     except (ValueError, FileNotFoundError) as e:

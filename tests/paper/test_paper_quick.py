@@ -4,6 +4,7 @@ rates, so capacities are coarse lower bounds: only relations that hold with marg
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -81,4 +82,6 @@ def test_paper_quick_writes_every_figure_and_the_report(tmp_path: Path) -> None:
     for name in FIGURE_FILES:
         assert f"figures/{name}.png" in report
     assert (tmp_path / "tables" / "fig12_capacity.csv").exists()
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["entry_point"] == "kvlab.paper" and manifest["config"]["mode"] == "quick"
     check_tables(tmp_path / "tables")

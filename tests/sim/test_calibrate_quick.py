@@ -34,6 +34,8 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     assert len(prof["fit"]["residuals"]) == prof["fit"]["num_points"] >= 10
     assert all(v["value"] >= 0 for v in prof["coefficients"].values())
     assert prof["coefficients"]["step"]["value"] > 0  # every forward costs something
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["entry_point"] == "kvlab.calibrate" and manifest["config"]["threads"] == 1
 
     csv = tmp_path / "table.csv"
     assert main(["--validate", str(path), "--quick", "--out", str(csv)]) == 0
