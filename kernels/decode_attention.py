@@ -21,6 +21,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from kvlab.kernels.paged_tile import load_kv_tile
 from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_mode, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
@@ -69,13 +70,8 @@ def _decode_kernel(
     for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
         n_mask = pos < hi
-        block = tl.load(bt_row + (pos // BLOCK_SIZE) * s_btb, mask=n_mask, other=0).to(tl.int64)
-        row = (pos % BLOCK_SIZE).to(tl.int64)
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_ptr + block[:, None] * s_kb + row[:, None] * s_ks + kvh * s_kh + offs_d[None, :] * s_kd,
-                    mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + block[:, None] * s_vb + row[:, None] * s_vs + kvh * s_vh + offs_d[None, :] * s_vd,
-                    mask=kv_mask, other=0.0)
+        k, v = load_kv_tile(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
+                            kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE)
         if DOT_F32:
             s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=DOT_PREC)
         else:
