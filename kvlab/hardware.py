@@ -9,7 +9,7 @@ Two optional extensions, both documented in ``docs/simulator.md``:
 
 * ``hardware=calibrated hardware.profile=PATH [hardware.force=true]``: the constants and a
   fitted step-time model come from a profile file written by ``python -m kvlab.calibrate``
-  (:mod:`kvlab.calibrate.profile`); the simulator checks its provenance (machine, model, dtype).
+  (:mod:`kvlab.calibration_profile`); the simulator checks its provenance (machine, model, dtype).
 * ``engine_step_overhead_us`` / ``engine_per_seq_us``: host overheads of the serving engine
   outside the forward pass (0 in the datasheet roofline mode; the paper-era mode,
   ``conf/experiment/era/paper2023.yaml``, sets them).
@@ -120,7 +120,7 @@ class HardwareProfile:
 
     @classmethod
     def _from_profile(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
-        from kvlab.calibrate.profile import load_profile
+        from kvlab.calibration_profile import load_profile
 
         allowed = set(_PROFILE_KEYS) | {"name"} | {k for k in _KEYS if k.startswith("engine_")}
         unknown = sorted(set(cfg) - allowed)

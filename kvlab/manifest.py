@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from kvlab.machine import parse_cpuinfo, read_cpuinfo
+
 SPEED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
                "amx_tile", "amx_bf16", "amx_int8")
 PACKAGES = ("torch", "triton", "transformers", "hydra-core", "numpy", "nvidia-ml-py", "fastapi")
@@ -32,22 +34,12 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
-    """CPU model, core count and the speed-relevant ISA flags (from ``/proc/cpuinfo`` on Linux)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    model, flags = platform.processor() or None, set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model in (None, "", "x86_64"):
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return {"model": model, "logical_cpus": os.cpu_count(), "machine": platform.machine(),
-            "flags": {f: f in flags for f in SPEED_FLAGS}}
+    """CPU model, core count and the speed-relevant ISA flags (``cpuinfo``: /proc/cpuinfo text;
+    default: this machine's)."""
+    info = parse_cpuinfo(cpuinfo) if cpuinfo is not None else read_cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {"model": info.get("model name") or platform.processor() or None, "logical_cpus": os.cpu_count(),
+            "machine": platform.machine(), "flags": {f: f in flags for f in SPEED_FLAGS}}
 
 
 def gpu_info() -> list[dict[str, Any]] | None:

@@ -5,7 +5,7 @@ real executor (CPU, or CUDA when ``--device cuda``); (3) time the designed grid
 (:mod:`kvlab.calibrate.grid`) with warm-up and repeats and fit the step-time model by NNLS on
 relative error (:mod:`kvlab.calibrate.fit`); (4) measure the engine's host overhead on a short
 calibration workload (:mod:`kvlab.calibrate.overhead`); (5) write the profile
-(:mod:`kvlab.calibrate.profile`).
+(:mod:`kvlab.calibration_profile`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from kvlab.calibrate.fit import fit_relative
 from kvlab.calibrate.grid import design, measure
-from kvlab.calibrate.machine import busy_message, fingerprint, load_average
 from kvlab.calibrate.overhead import measure_host
-from kvlab.calibrate.profile import write_profile
 from kvlab.calibrate.runs import CONF_DIR, compose
+from kvlab.calibration_profile import write_profile
 from kvlab.executor.cost_calibrated import FEATURE_NAMES, FEATURES, HOST_FEATURES
+from kvlab.machine import busy_message, fingerprint, load_average
 
 REPO = CONF_DIR.parent
 DEFAULT_DIR = REPO / "results" / "calibration"

@@ -18,9 +18,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from kvlab.calibrate.calibrate import build_real_executor, executor_overrides
-from kvlab.calibrate.machine import busy_message, load_average
-from kvlab.calibrate.profile import check_provenance, describe, load_profile
 from kvlab.calibrate.runs import compose, run_workload
+from kvlab.calibration_profile import check_provenance, describe, load_profile
+from kvlab.machine import busy_message, load_average
 
 METRICS = {"output_throughput": "output tok/s", "mean_ttft_ms": "mean TTFT ms", "p90_ttft_ms": "p90 TTFT ms",
            "mean_tpot_ms": "mean TPOT ms", "normalized_latency_s_per_token": "mean norm. latency s/tok",

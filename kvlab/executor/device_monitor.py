@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from kvlab.machine import read_cpuinfo
+
 if TYPE_CHECKING:  # torch is imported lazily: run metrics (device_metrics) must not pull it in
     import torch
 
@@ -27,14 +29,7 @@ def device_name(device: torch.device) -> str:
         import torch
 
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
+    return read_cpuinfo().get("model name") or platform.processor() or platform.machine() or "cpu"
 
 
 def _nvml_handle(pynvml: Any, device: torch.device) -> Any:

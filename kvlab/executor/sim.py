@@ -79,7 +79,7 @@ class SimExecutor:
     def _use_profile(self, prof: dict[str, Any], force: bool) -> None:
         """``hardware=calibrated``: refuse a profile of another machine/model/dtype (unless
         ``force``), predict steps with its fitted model, and size KV as the profiled executor did."""
-        from kvlab.calibrate.profile import check_provenance
+        from kvlab.calibration_profile import check_provenance
 
         self.provenance_problems = check_provenance(prof, model=self.shape.name,
                                                     dtype_bytes=self.shape.dtype_bytes, force=force)

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from kvlab.calibrate.machine import cpu_fingerprint
-from kvlab.calibrate.profile import FORMAT, ProfileMismatch, load_profile
+from kvlab.calibration_profile import FORMAT, ProfileMismatch, load_profile
 from kvlab.executor.base import ScheduledSeq, StepInput
 from kvlab.executor.cost_calibrated import FEATURE_NAMES, FEATURES, HOST_FEATURES
 from kvlab.executor.sim import build_sim_executor
+from kvlab.machine import cpu_fingerprint
 from kvlab.request import SamplingParams
 from tests.sim.conftest import load_yaml, sim_cfg
 

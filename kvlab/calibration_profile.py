@@ -1,6 +1,6 @@
 """Calibration profile files: what ``python -m kvlab.calibrate`` writes and ``hardware=calibrated`` reads.
 
-A profile is one small JSON file: the machine it was measured on (:mod:`kvlab.calibrate.machine`),
+A profile is one small JSON file: the machine it was measured on (:mod:`kvlab.machine`),
 the model, dtype and threads, the load average around the measurement, the fitted coefficients
 of :class:`~kvlab.executor.cost_calibrated.CalibratedCostModel` with their units and meanings,
 the host (engine) overhead, the KV budget of the profiled executor, the hardware constants the
@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from kvlab.calibrate.machine import fingerprint, mismatches
+from kvlab.machine import fingerprint, mismatches
 
 FORMAT = "kvlab-calibration/1"
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}

@@ -1,4 +1,7 @@
-"""The machine a calibration profile belongs to: CPU model and ISA flags (or the GPU), and its load.
+"""The machine: CPU model and ISA flags (or the GPU), and its load.
+
+Read by calibration profiles (their provenance check), run manifests (:mod:`kvlab.manifest`) and
+the executor's device name (:mod:`kvlab.executor.device_monitor`): one place parses ``/proc/cpuinfo``.
 
 Pure Python (reads ``/proc/cpuinfo``, ``lscpu`` where present, ``os.getloadavg``); torch is
 imported only to name a CUDA device. The fingerprint is what a profile's provenance check
@@ -20,17 +23,23 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx
 BUSY_LOAD_PER_CPU = 0.5  # 1-minute load average per logical CPU above which timings are suspect
 
 
-def _cpuinfo() -> dict[str, str]:
+def parse_cpuinfo(text: str) -> dict[str, str]:
+    """``/proc/cpuinfo`` text -> {key: value} of its first processor."""
     info: dict[str, str] = {}
+    for line in text.splitlines():
+        if ":" in line:
+            k, v = line.split(":", 1)
+            info.setdefault(k.strip(), v.strip())
+    return info
+
+
+def read_cpuinfo() -> dict[str, str]:
+    """This machine's parsed ``/proc/cpuinfo`` (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if ":" in line:
-                    k, v = line.split(":", 1)
-                    info.setdefault(k.strip(), v.strip())
+            return parse_cpuinfo(fh.read())
     except OSError:
-        pass
-    return info
+        return {}
 
 
 def _lscpu_model() -> str | None:
@@ -48,7 +57,7 @@ def _lscpu_model() -> str | None:
 
 def cpu_fingerprint() -> dict[str, Any]:
     """CPU model, the ISA flags of :data:`ISA_FLAGS` it has, logical CPUs, architecture."""
-    info = _cpuinfo()
+    info = read_cpuinfo()
     flags = set(info.get("flags", "").split())
     return {"device": "cpu",
             "cpu_model": _lscpu_model() or info.get("model name") or platform.processor() or "unknown",
