@@ -3,8 +3,11 @@
 Every entry point hands a Hydra ``DictConfig`` or a plain mapping to the engine, the executors
 and the workload builder. :func:`to_plain` is the one conversion of such a config into plain,
 resolved Python containers (it replaces four hand-written ones). :class:`KVConfig` is the ``kv``
-section, parsed and validated once with one set of defaults; executors and the engine take
-typed values from it instead of each looking keys up with defaults of their own.
+section and :class:`TorchOptions` the real-model executor's options, each parsed and validated
+once (by ``check_config``, before any model loads) with one set of defaults; executors and the
+engine take typed values from them instead of each looking keys up with defaults of their own.
+The allocator and scheduler groups are validated by their own constructors on a probe pool
+(``check_config``): their options are their constructors' typed keyword arguments.
 
 Precedence, written once: a root ``kv.<key>`` set (not null) wins over the executor group's
 ``executor.<key>``, which wins over the default below. (The torch executor used to read
@@ -112,3 +115,55 @@ class KVConfig:
         if v is not None:
             out["cpu_kv_gib"] = _number(where, v, low=0.0, low_ok=False)
         return cls(**out)
+
+
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+BACKEND_CHOICES = ("auto", "torch", "triton")  # kvlab.kernels.backend registers these names
+GEMM_CHOICES = ("auto", "native", "upcast")  # kvlab.models.linear.GEMM_MODES
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is unknown; choose one of: {', '.join(choices)}")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class TorchOptions:
+    """The real-model executor's options (root ``device``/``dtype``/``seed`` and ``executor.*``),
+    validated before any model loads.
+
+    Attributes:
+        device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: one of :data:`DTYPE_CHOICES` (``auto`` is decided from the device and CPU at run time).
+        attention_backend: one of :data:`BACKEND_CHOICES` (``auto``: triton on CUDA, torch on CPU).
+        gemm: one of :data:`GEMM_CHOICES` (the 16-bit matmul path on CPUs without a bf16 GEMM).
+        num_threads: torch CPU threads; None = all cores.
+        seed: the run's seed (weights of random checkpoints, unseeded sampling).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    attention_backend: str = "auto"
+    gemm: str = "auto"
+    num_threads: int | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> TorchOptions:
+        """Parse; raises ``ValueError`` naming the key and its choices."""
+        ex = section(cfg, "executor")
+        device = str(cfg.get("device") or "auto")
+        if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):
+            raise ValueError(f"device={device!r} is unknown; choose one of: auto, cpu, cuda, cuda:N")
+        threads = ex.get("num_threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"executor.num_threads={threads!r}: must be a positive integer or null (all cores)")
+        seed = cfg.get("seed") or 0
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed={seed!r}: must be an integer")
+        return cls(device=device, dtype=_choice("dtype", str(cfg.get("dtype") or "auto"), DTYPE_CHOICES),
+                   attention_backend=_choice("executor.attention_backend",
+                                             str(ex.get("attention_backend") or "auto"), BACKEND_CHOICES),
+                   gemm=_choice("executor.gemm", str(ex.get("gemm") or "auto"), GEMM_CHOICES),
+                   num_threads=threads, seed=seed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kvlab.config import KVConfig, to_plain
+from kvlab.config import KVConfig, TorchOptions, to_plain
 
 EXECUTOR_MODULES = {
     "sim": "kvlab.executor.sim",
@@ -41,6 +41,8 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     ex = _require(cfg, "executor")
     if ex["name"] not in EXECUTOR_MODULES:
         raise ValueError(f"executor={ex['name']!r} is unknown; choose one of: {', '.join(EXECUTOR_MODULES)}")
+    if ex["name"] != "sim":
+        TorchOptions.from_config(cfg)  # device, dtype, attention backend, gemm, threads: before any load
     alloc = _require(cfg, "allocator")
     name, num_blocks = alloc.pop("name"), alloc.pop("num_blocks", None)
     if num_blocks is not None and (not isinstance(num_blocks, int) or num_blocks < 1):

@@ -197,22 +197,22 @@ class TorchExecutor:
 def build_torch_executor(cfg: Mapping[str, Any]) -> TorchExecutor:
     """Build from the whole run config: ``model`` (a model config mapping, or a name/path for
     :func:`resolve_model`), ``device``, ``dtype``, ``seed``, ``kv.*`` and ``executor.*``."""
-    from kvlab.config import KVConfig, section, to_plain
+    from kvlab.config import KVConfig, TorchOptions, to_plain
 
     cfg = to_plain(cfg)
     model = cfg["model"]
     model_cfg = resolve_model(model) if isinstance(model, str) else dict(model)
-    kv, ex = KVConfig.from_config(cfg), section(cfg, "executor")
+    kv, opt = KVConfig.from_config(cfg), TorchOptions.from_config(cfg)
     return TorchExecutor(
         model_cfg,
-        device=str(cfg.get("device") or "auto"),
-        dtype=str(cfg.get("dtype") or "auto"),
+        device=opt.device,
+        dtype=opt.dtype,
         kv_cache_gib=kv.kv_cache_gib,
         gpu_memory_utilization=kv.gpu_memory_utilization,
-        seed=int(cfg.get("seed") or 0),
+        seed=opt.seed,
         cpu_kv_gib=kv.cpu_kv_gib,
-        attention_backend=str(ex.get("attention_backend") or "auto"),
-        num_threads=ex.get("num_threads"),
+        attention_backend=opt.attention_backend,
+        num_threads=opt.num_threads,
         max_model_len=kv.max_model_len,
-        gemm=str(ex.get("gemm") or "auto"),
+        gemm=opt.gemm,
     )

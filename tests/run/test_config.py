@@ -3,6 +3,8 @@ errors that name the key — and the executors' build functions read it that way
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -64,3 +66,27 @@ def test_sim_executor_uses_the_shared_parse() -> None:
         build_sim_executor({"model": model, "hardware": hw, "kv": {"swap_space_gib": -1}})
     with pytest.raises(ValueError, match="'hardware'"):
         build_sim_executor({"model": model})
+
+
+def test_torch_options_are_typed_and_bad_values_name_key_and_choices():
+    from kvlab.config import TorchOptions
+    from kvlab.config_check import check_config
+
+    opt = TorchOptions.from_config({"device": "cuda:1", "dtype": "bfloat16", "seed": 3,
+                                    "executor": {"name": "torch", "attention_backend": "triton", "num_threads": 2}})
+    assert opt == TorchOptions(device="cuda:1", dtype="bfloat16", attention_backend="triton", gemm="auto",
+                               num_threads=2, seed=3)
+    assert TorchOptions.from_config({}) == TorchOptions()
+    for cfg, msg in [({"dtype": "fp8"}, "dtype='fp8' is unknown; choose one of: auto, float32, bfloat16, float16"),
+                     ({"device": "tpu"}, "device='tpu' is unknown"),
+                     ({"executor": {"attention_backend": "flash"}}, "executor.attention_backend='flash' is unknown; "
+                      "choose one of: auto, torch, triton"),
+                     ({"executor": {"gemm": "fast"}}, "executor.gemm='fast' is unknown"),
+                     ({"executor": {"num_threads": 0}}, "executor.num_threads=0")]:
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            TorchOptions.from_config(cfg)
+    base = {"executor": {"name": "torch", "attention_backend": "flash"}, "allocator": {"name": "paged"},
+            "scheduler": {"name": "fcfs"}, "model": {"max_model_len": 64}}
+    with pytest.raises(ValueError, match="executor.attention_backend='flash'"):  # before any model load
+        check_config(base)
+    check_config({**base, "executor": {"name": "sim", "attention_backend": "flash"}})  # the simulator ignores it
