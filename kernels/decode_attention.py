@@ -21,7 +21,7 @@ import math
 import torch
 import triton
 import triton.language as tl
-from kvlab.kernels.paged_tile import load_kv_tile
+from kvlab.kernels.paged_tile import attend_tile, load_kv_tile
 from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_mode, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
@@ -72,21 +72,7 @@ def _decode_kernel(
         n_mask = pos < hi
         k, v = load_kv_tile(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
                             kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE)
-        if DOT_F32:
-            s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=DOT_PREC)
-        else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(n_mask[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if DOT_F32:
-            pv = tl.dot(p, v.to(tl.float32), input_precision=DOT_PREC)
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+        m_i, l_i, acc = attend_tile(q, k, v, n_mask[None, :], qk_scale, m_i, l_i, acc, DOT_F32, DOT_PREC)
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)
     o = acc / safe_l[:, None]

@@ -1,4 +1,5 @@
-"""The one Triton helper both attention kernels share: load a tile of K and V through a block table.
+"""The Triton helpers both attention kernels share: load a tile of K and V through a block table,
+and fold one tile into an online (flash) softmax.
 
 Position ``p`` of a sequence lives in block ``table[p // BLOCK_SIZE]``, row ``p % BLOCK_SIZE``; a
 tile is ``BLOCK_N`` consecutive positions, gathered row by row so that tiles need not align with
@@ -25,3 +26,26 @@ def load_kv_tile(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs
     v = tl.load(v_ptr + block[:, None] * s_vb + row[:, None] * s_vs + kvh * s_vh + offs_d[None, :] * s_vd,
                 mask=kv_mask, other=0.0)
     return k, v
+
+
+@triton.jit
+def attend_tile(q, k, v, visible, qk_scale, m_i, l_i, acc, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One online-softmax step (base 2, fp32 state): scores of ``q`` [M, D] against the tile's ``k``
+    [N, D], ``visible`` [M, N] (or broadcastable) masking the rest, then ``p @ v`` into ``acc``.
+    Rows with nothing visible yet keep zero weight (their running max stays -inf). Returns the new
+    (m_i, l_i, acc)."""
+    if DOT_F32:  # fp32 math (mixed or fp32 inputs; the interpreter's bf16 dot is unreliable)
+        s = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision=DOT_PREC)
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = tl.where(visible, s * qk_scale, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if DOT_F32:
+        pv = tl.dot(p, v.to(tl.float32), input_precision=DOT_PREC)
+    else:
+        pv = tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc * alpha[:, None] + pv
