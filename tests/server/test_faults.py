@@ -198,7 +198,9 @@ def test_health_answers_during_a_long_step_and_turns_stalled(srv: InProcServer) 
         t0 = time.monotonic()
         h = httpx.get(srv.base + "/health", timeout=5)
         m = httpx.get(srv.base + "/metrics", timeout=5)
-        assert time.monotonic() - t0 < 1.0 and m.status_code == 200  # answered while the step hangs
+        # The step is gated shut, so any answer at all proves /health and /metrics do not wait for it;
+        # the bound only catches a handler that blocks until its own timeout (5 s).
+        assert time.monotonic() - t0 < 4.0 and m.status_code == 200
         assert "kvlab:stats_age_seconds" in m.text and "kvlab:last_step_timestamp_seconds" in m.text
         deadline = time.monotonic() + 5
         while h.status_code == 200 and time.monotonic() < deadline:
