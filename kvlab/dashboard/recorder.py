@@ -33,7 +33,7 @@ class BlockRecorder:
     def __init__(self, every_n_steps: int = 10, max_mb: float = 20.0, allocator: str = "") -> None:
         if not isinstance(every_n_steps, int) or every_n_steps < 1:
             raise ValueError(f"record.every_n_steps={every_n_steps!r}: must be a positive integer")
-        if not max_mb > 0:
+        if isinstance(max_mb, bool) or not isinstance(max_mb, (int, float)) or not max_mb > 0:
             raise ValueError(f"record.max_mb={max_mb!r}: must be a positive number")
         self.every_n_steps = every_n_steps
         self.stride = every_n_steps
