@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
@@ -52,9 +52,12 @@ def _add_page(app: FastAPI, info: dict[str, Any]) -> None:
         return JSONResponse(info)
 
 
-def add_live_routes(app: FastAPI, live: LiveBlockMap, run_on_engine: Any) -> None:
+def add_live_routes(app: FastAPI, live: LiveBlockMap, run_on_engine: Any,
+                    stopping: Callable[[], bool] = lambda: False) -> None:
     """Live routes. ``run_on_engine(fn)`` is an awaitable running ``fn(engine)`` on the engine
-    thread between steps (:meth:`AsyncEngine.call`), used to take a first snapshot at once."""
+    thread between steps (:meth:`AsyncEngine.call`), used to take a first snapshot at once;
+    ``stopping()`` turning true (the server drains) ends open streams, so an open page never
+    holds up a shutdown."""
     _add_page(app, {"mode": "live", "allocator": live.allocator, "max_hz": 1.0 / live.min_interval_s})
 
     async def first_snapshot() -> None:
@@ -80,7 +83,7 @@ def add_live_routes(app: FastAPI, live: LiveBlockMap, run_on_engine: Any) -> Non
                 await first_snapshot()
                 seen, last_sent = 0, time.monotonic()
                 yield "retry: 1000\n\n"
-                while True:
+                while not stopping():
                     latest = live.latest
                     if latest is not None and latest[0] != seen:
                         seen = latest[0]

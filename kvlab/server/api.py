@@ -187,7 +187,7 @@ def create_app(serving: Serving, options: ServerOptions | str | None = None) -> 
         live = LiveBlockMap(str(engine.engine.cfg["allocator"]["name"]), opts.dashboard_hz)
         engine.engine.stats_listeners.append(live)  # runs on the engine thread; idle unless watched
         app.state.dashboard = live
-        add_live_routes(app, live, engine.call)
+        add_live_routes(app, live, engine.call, stopping=lambda: engine.draining)
 
     @app.get("/openapi.json", dependencies=[Depends(auth)], include_in_schema=False)
     async def openapi() -> dict[str, Any]:

@@ -121,3 +121,26 @@ def test_inproc_server_streams_snapshots_that_agree_with_health(tokenizer):
         health = srv.wait_idle()
         snap = httpx.get(srv.base + "/dashboard/snapshot").json()
         assert snap["step"] == health["step"] and snap["stats"]["free_blocks"] == health["free_blocks"]
+
+
+def test_open_stream_ends_when_the_server_drains(tokenizer):
+    """An open page must not hold up a shutdown: the stream ends once the server drains."""
+    with inproc_server(tokenizer, num_blocks=64) as srv:
+        done = threading.Event()
+        got = []
+
+        def read() -> None:
+            with httpx.stream("GET", srv.base + "/dashboard/stream", timeout=30) as stream:
+                for line in stream.iter_lines():
+                    got.append(line)
+            done.set()
+
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        wait = time.monotonic() + 10
+        while not any(x.startswith("data:") for x in got) and time.monotonic() < wait:
+            time.sleep(0.02)
+        assert any(x.startswith("data:") for x in got)
+        assert not done.is_set()
+        srv.aengine.begin_drain(0.0)
+        assert done.wait(5), "the dashboard stream did not end on drain"
