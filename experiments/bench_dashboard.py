@@ -12,6 +12,11 @@ thread) is timed in-process for the server's pool size and for 10,000 blocks.
     .venv/bin/python experiments/bench_dashboard.py                         # SmolLM2, prefix allocator
     .venv/bin/python experiments/bench_dashboard.py --rounds 4 -- server.dashboard_hz=10
     .venv/bin/python experiments/bench_dashboard.py --out results/dashboard/bench.json
+    .venv/bin/python experiments/bench_dashboard.py --clients 16 --requests 96 --max-tokens 128 -- executor=sim
+
+With ``executor=sim`` (prompts sent as token ids, no model) a step costs well under a millisecond,
+so the engine and HTTP overhead dominate: the worst case for the snapshots' relative cost (and
+the simulator's pool, sized from the CPU profile's memory, has ~28,000 blocks).
 
 The machine must be otherwise quiet for a 3% comparison to mean anything: the rounds alternate
 (off, on, off, on, ...) so that a drift in background load hits both arms alike, and the load
@@ -64,8 +69,9 @@ def start_server(overrides: list[str], log: Path) -> tuple[subprocess.Popen, str
     raise SystemExit(f"server not ready after 300 s; see {log}")
 
 
-def one_round(base: str, clients: int, requests: int, max_tokens: int) -> dict[str, float]:
-    """``requests`` streamed completions over ``clients`` threads; returns tokens, seconds, tok/s."""
+def one_round(base: str, clients: int, requests: int, max_tokens: int, token_ids: bool = False) -> dict[str, float]:
+    """``requests`` streamed completions over ``clients`` threads; returns tokens, seconds, tok/s.
+    ``token_ids``: send prompts as token ids (the simulator has no tokenizer)."""
     todo = list(range(requests))
     lock = threading.Lock()
     tokens = [0]
@@ -77,14 +83,19 @@ def one_round(base: str, clients: int, requests: int, max_tokens: int) -> dict[s
                     if not todo:
                         return
                     i = todo.pop()
-                body = {"model": MODEL, "prompt": f"Request {i}: tell a long story about a lighthouse keeper.",
-                        "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0, "stream": True}
+                prompt: Any = f"Request {i}: tell a long story about a lighthouse keeper."
+                if token_ids:
+                    prompt = [1 + (i * 7 + k) % 4000 for k in range(48)]
+                body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                        "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
                 n = 0
                 with c.stream("POST", base + "/v1/completions", json=body) as r:
                     r.raise_for_status()
                     for line in r.iter_lines():
-                        if line.startswith("data: {"):
-                            n += 1
+                        if line.startswith("data: {") and '"usage"' in line:
+                            usage = json.loads(line[6:]).get("usage")
+                            if usage:
+                                n = int(usage["completion_tokens"])
                 with lock:
                     tokens[0] += n
 
@@ -157,13 +168,16 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "results" / "dashboard" / "bench_dashboard.json"))
     args = p.parse_args(argv)
     overrides = ["allocator=prefix", "kv.swap_space_gib=0", *extra]
+    sim = "executor=sim" in overrides
+    if sim and not any(o.startswith("hardware=") for o in overrides):
+        overrides.append("hardware=cpu")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     proc, base = start_server(overrides, out.with_suffix(".server.log"))
     rounds: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     try:
-        one_round(base, args.clients, args.clients, 8)  # warm-up (first steps, allocator, caches)
+        one_round(base, args.clients, args.clients, 8, sim)  # warm-up (first steps, allocator, caches)
         for r in range(args.rounds):
             for arm in ("off", "on"):
                 sub = None
@@ -171,7 +185,7 @@ def main() -> None:
                     sub = Subscriber(base)
                     sub.start()
                     time.sleep(0.5)
-                res = one_round(base, args.clients, args.requests, args.max_tokens)
+                res = one_round(base, args.clients, args.requests, args.max_tokens, sim)
                 if sub is not None:
                     sub.stop.set()
                     res.update(snapshots=sub.snapshots, snapshot_bytes=sub.bytes)

@@ -6,18 +6,20 @@ never mutates the allocator and reads only these attributes, which every block-t
 
 - ``num_blocks``, ``block_size``, ``pool.ref`` (reference count per block);
 - ``_tables`` (seq id -> block ids, logical order) and ``_seqs`` (seq id -> :class:`Sequence`);
-- prefix caching: ``cached_block_ids()`` if the allocator defines it, else ``_bkey`` (block id ->
-  cache key or None) -- a block that is in the index with ``ref == 0`` is *cached-but-free*;
+- prefix caching: ``cached_block_ids()`` if the allocator defines it, else the hash index
+  ``_index`` (key -> block id) or ``_bkey`` (block id -> key or None) -- a block in the index
+  with ``ref == 0`` is *cached-but-free*;
 - contiguous: ``_runs`` (seq id -> (first block, granted blocks, usable slots A)) and ``_held``
   (request id -> runs reserved for the request's later forks).
 
-Cost: O(num_blocks + total table length), a few numpy operations plus one Python pass over the
-tables -- about a millisecond for 10,000 blocks. Callers (the engine's block-map publishers) run
+Cost: O(num_blocks + total table length): numpy over the concatenated tables plus one Python
+pass over the sequences (docs/dashboard.md has measurements). Callers (the engine's block-map publishers) run
 it only when somebody watches or records, never on every step.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,58 +64,71 @@ class BlockMap:
 
 
 def block_map(alloc: Any) -> BlockMap:
-    """Build the :class:`BlockMap` of a block-table allocator. Does not mutate it."""
+    """Build the :class:`BlockMap` of a block-table allocator. Does not mutate it.
+
+    Vectorized over the concatenation of all block tables: the only Python loop is one pass over
+    the sequences (plus one over the table entries of blocks held more than once)."""
     n, bs = int(alloc.num_blocks), int(alloc.block_size)
-    ref = np.asarray(alloc.pool.ref, dtype=np.int64)
+    ref = np.fromiter(alloc.pool.ref, dtype=np.int64, count=n)
     owner = np.zeros(n, dtype=np.uint16)
     fill = np.zeros(n, dtype=np.int64)
     state = np.where(ref > 1, SHARED, np.where(ref > 0, PRIVATE, FREE)).astype(np.uint8)
-    requests: dict[str, int] = {}
-    holders: dict[int, set[int]] = {}  # shared blocks -> request indices
-    shared = set(np.flatnonzero(ref > 1).tolist())
+    tables = alloc._tables
     runs = getattr(alloc, "_runs", None)
-    for sid, table in alloc._tables.items():
-        if not table:
-            continue
+    requests: dict[str, int] = {}
+    sids = [sid for sid, t in tables.items() if t]
+    idx, written, usable = [], [], []
+    for sid in sids:
         seq = alloc._seqs[sid]
-        rid = seq.request.request_id
-        idx = requests.setdefault(rid, len(requests))
-        blocks = np.asarray(table, dtype=np.int64)
-        cap = len(table) * bs
+        idx.append(requests.setdefault(seq.request.request_id, len(requests)))
+        cap = len(tables[sid]) * bs
         slots = runs[sid][2] if runs is not None and sid in runs else cap  # contiguous: usable A
-        written = min(seq.num_tokens, slots)
-        f = np.clip(written - np.arange(len(table)) * bs, 0, bs)
-        fill[blocks] = np.maximum(fill[blocks], f)
-        owner[blocks] = idx + 1
-        if slots < cap:  # contiguous: a run's blocks past its usable slots A can never be written
-            state[blocks[-(-slots // bs):]] = SLACK
-        if shared:
-            for b in shared.intersection(table):
-                holders.setdefault(b, set()).add(idx)
+        written.append(min(seq.num_tokens, slots))
+        usable.append(-(-slots // bs))
+    lens = np.fromiter((len(tables[sid]) for sid in sids), dtype=np.int64, count=len(sids))
+    flat = np.fromiter(itertools.chain.from_iterable(tables[sid] for sid in sids), dtype=np.int64,
+                       count=int(lens.sum()))
+    holders: dict[int, set[int]] = {}  # blocks held more than once -> request indices
+    if len(flat):
+        pos = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)  # index within its table
+        who = np.repeat(np.asarray(idx, dtype=np.int64), lens)
+        f = np.clip(np.repeat(np.asarray(written, dtype=np.int64), lens) - pos * bs, 0, bs)
+        fill[flat] = f
+        owner[flat] = who + 1
+        multi = ref[flat] > 1
+        if multi.any():
+            np.maximum.at(fill, flat[multi], f[multi])  # a shared block is as full as its fullest holder
+            for b, i in zip(flat[multi].tolist(), who[multi].tolist()):
+                holders.setdefault(b, set()).add(i)
+        if runs is not None:  # contiguous: a run's blocks past its usable slots A can never be written
+            state[flat[pos >= np.repeat(np.asarray(usable, dtype=np.int64), lens)]] = SLACK
     for rid, held in (getattr(alloc, "_held", None) or {}).items():  # contiguous runs kept for forks
-        idx = requests.setdefault(rid, len(requests))
+        i = requests.setdefault(rid, len(requests))
         for start, granted, slots in held:
-            usable = -(-slots // bs)
-            owner[start:start + granted] = idx + 1
-            state[start:start + usable] = RESERVED
-            state[start + usable:start + granted] = SLACK
+            used = -(-slots // bs)
+            owner[start:start + granted] = i + 1
+            state[start:start + used] = RESERVED
+            state[start + used:start + granted] = SLACK
     state[(state == PRIVATE) & (fill == 0)] = RESERVED  # held, nothing written yet
     cached = _cached_blocks(alloc)
     if cached is not None and len(cached):
         free_cached = cached[ref[cached] == 0]
         state[free_cached] = CACHED
         fill[free_cached] = bs  # only full blocks are cached
-    multi = {b: tuple(sorted(s)) for b, s in holders.items() if len(s) > 1}
+    shared = {b: tuple(sorted(s)) for b, s in holders.items() if len(s) > 1}
     return BlockMap(n, bs, state, owner, np.minimum(ref, 255).astype(np.uint8), fill.astype(np.uint16),
-                    tuple(requests), multi)
+                    tuple(requests), shared)
 
 
 def _cached_blocks(alloc: Any) -> np.ndarray | None:
     """Block ids in the prefix index (referenced or not), or None for allocators without one."""
     query = getattr(alloc, "cached_block_ids", None)
     if query is not None:
-        return np.asarray(list(query()), dtype=np.int64)
+        return np.fromiter(query(), dtype=np.int64)
+    index = getattr(alloc, "_index", None)  # hash-chain index: key -> block id
+    if isinstance(index, dict):
+        return np.fromiter(index.values(), dtype=np.int64, count=len(index))
     bkey = getattr(alloc, "_bkey", None)
     if bkey is None:
         return None
-    return np.asarray([b for b, k in enumerate(bkey) if k is not None], dtype=np.int64)
+    return np.flatnonzero(np.fromiter((k is not None for k in bkey), dtype=bool, count=len(bkey)))
