@@ -90,7 +90,8 @@ def test_live_publisher_builds_nothing_without_subscribers_and_throttles_with_th
 
 def test_inproc_server_streams_snapshots_that_agree_with_health(tokenizer):
     with inproc_server(tokenizer, num_blocks=128) as srv:
-        assert "kvlabDashboard" in httpx.get(srv.base + "/dashboard/dashboard.js").text
+        js = httpx.get(srv.base + "/dashboard/dashboard.js").text
+        assert "kvlabDashboard" in js and "http://" not in js and "https://" not in js  # offline
         page = httpx.get(srv.base + "/dashboard").text
         assert "<canvas" in page and "http://" not in page and "https://" not in page  # nothing from outside
         assert httpx.get(srv.base + "/dashboard/info").json()["mode"] == "live"
