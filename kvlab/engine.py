@@ -12,12 +12,13 @@ import importlib
 import itertools
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kvlab import debug
 from kvlab.allocator import ALLOCATORS
 from kvlab.allocator.base import MemoryReport
+from kvlab.allocator.block_map import BlockMap, block_map
 from kvlab.commit import Committer, reported_seqs
 from kvlab.config import KVConfig, to_plain
 from kvlab.config_check import EXECUTOR_MODULES, check_config
@@ -96,6 +97,9 @@ class LLMEngine:
         self.num_steps = 0
         self._book = _Bookkeeping(latency_window)
         self.stats = EngineStats()
+        # Called on this thread after every publication: ``listener(engine, stats)``. The block-map
+        # publishers (dashboard, recorder) hook in here and decide themselves when to snapshot.
+        self.stats_listeners: list[Callable[[LLMEngine, EngineStats], None]] = []
         self.publish_stats()
         self.collect_outputs = True  # step() returns RequestOutputs; trace replays turn this off
 
@@ -267,7 +271,14 @@ class LLMEngine:
             num_preemptions=int(s.num_preemptions),
             swapped_out_blocks=b.swapped_out_blocks, swapped_in_blocks=b.swapped_in_blocks,
             num_finished=b.num_finished, num_aborted=b.num_aborted, recent_latencies=b.latencies())
+        for listener in self.stats_listeners:
+            listener(self, self.stats)
         return self.stats
+
+    def block_map(self) -> BlockMap:
+        """The pool block by block, now (:mod:`kvlab.allocator.block_map`); engine thread only,
+        O(num_blocks): for the dashboard and recordings, not for every step."""
+        return block_map(self.allocator)
 
     def _record_step(self, out: SchedulerOutput, duration: float, swap_time: float, now: float) -> None:
         self.num_steps += 1

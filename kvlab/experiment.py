@@ -2,7 +2,9 @@
 
 Writes, into the output directory: ``metrics.json``, ``requests.csv``, ``steps.csv``, the
 resolved ``config.yaml`` (so every result sits beside the config that made it) and
-``manifest.json`` (commit, command, versions, machine, seeds, model hash: :mod:`kvlab.manifest`).
+``manifest.json`` (commit, command, versions, machine, seeds, model hash: :mod:`kvlab.manifest`);
+with ``record.blocks=true`` also ``blocks.jsonl.gz`` + ``blocks_meta.json``, block-map snapshots
+for ``python -m kvlab.view`` (:mod:`kvlab.dashboard.recorder`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from kvlab.config_check import as_plain, check_config
+from kvlab.dashboard.recorder import BlockRecorder
 from kvlab.driver import replay
 from kvlab.engine import LLMEngine
 from kvlab.executor.device_monitor import device_metrics
@@ -36,7 +39,10 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     if not needs_tokenizer:  # validate the workload before any slow setup (model load)
         workload = build_workload(wl_cfg, seed=int(cfg.get("seed", 0)), vocab_size=int(model["vocab_size"]),
                                   max_model_len=max_len)
+    recorder = _block_recorder(cfg)  # validated before the engine (and any model load)
     engine = LLMEngine(cfg)
+    if recorder is not None:
+        engine.stats_listeners.append(recorder)
     if needs_tokenizer:
         workload = build_workload(wl_cfg, seed=int(cfg.get("seed", 0)), vocab_size=int(model["vocab_size"]),
                                   max_model_len=engine.max_model_len,
@@ -45,6 +51,9 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     replay(engine, workload.requests, show_progress=bool(cfg.get("show_progress", True)),
            ignore_eos=ignore_eos, temperature=float(wl_cfg.get("temperature", 1.0)),
            seed=wl_cfg.get("sampling_seed"))
+    if recorder is not None:
+        engine.stats_listeners.remove(recorder)
+        recorder.finish(engine)
     hw = cfg.get("hardware") or {}
     metrics = compute_metrics(
         engine.request_records, engine.step_records, kv_capacity_tokens=engine.kv_capacity_tokens,
@@ -60,10 +69,27 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     pd.DataFrame([r.as_dict() for r in engine.request_records]).to_csv(out / "requests.csv", index=False)
     pd.DataFrame([s.as_dict() for s in engine.step_records]).to_csv(out / "steps.csv", index=False)
     _write_config(cfg, out / "config.yaml")
+    if recorder is not None:
+        recorder.write(out)
     write_manifest(out, cfg, started=started, model=provenance,
                    extra={"entry_point": "kvlab.run", "device": metrics.get("device")})
     samples = [] if engine.tokenizer is None else _samples(engine)
     return {"metrics": metrics, "engine": engine, "workload": workload, "samples": samples}
+
+
+def _block_recorder(cfg: dict[str, Any]) -> BlockRecorder | None:
+    """``record.blocks=true``: a :class:`BlockRecorder` for ``record.every_n_steps`` / ``record.max_mb``."""
+    rec = cfg.get("record") or {}
+    blocks = rec.get("blocks", False)
+    if not isinstance(blocks, bool):
+        raise ValueError(f"record.blocks={blocks!r}: must be true or false")
+    if not blocks:
+        return None
+    unknown = set(rec) - {"blocks", "every_n_steps", "max_mb"}
+    if unknown:
+        raise ValueError(f"record.{sorted(unknown)[0]} is unknown; choose from: blocks, every_n_steps, max_mb")
+    return BlockRecorder(rec.get("every_n_steps", 10), rec.get("max_mb", 20.0),
+                         allocator=str(cfg["allocator"]["name"]))
 
 
 def _tokenizer_only(model: dict[str, Any]) -> Any:

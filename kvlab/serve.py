@@ -55,6 +55,8 @@ def build_server(cfg: dict[str, Any]) -> tuple[Any, Any]:
         api_key=resolve_api_key(srv),
         max_body_bytes=_positive(srv, "max_body_bytes", 4 << 20, int),
         stall_timeout_s=_positive(srv, "stall_timeout_s", 60.0, float),
+        dashboard=bool(srv.get("dashboard", True)),
+        dashboard_hz=_positive(srv, "dashboard_hz", 4.0, float),
     )
     engine = LLMEngine(cfg, max_records=_positive(srv, "max_records", 10_000, int))
     name = srv.get("served_model_name") or cfg["model"]["name"]
@@ -84,7 +86,8 @@ def banner(cfg: dict[str, Any], aengine: Any) -> str:
     gemm = getattr(e.executor, "gemm", None)
     return "\n".join(
         [
-            f"kvlab serve: http://{srv['host']}:{srv['port']}/v1  (health /health, metrics /metrics)",
+            f"kvlab serve: http://{srv['host']}:{srv['port']}/v1  (health /health, metrics /metrics"
+            f"{', block map /dashboard' if srv.get('dashboard', True) else ''})",
             f"  model      {srv.get('served_model_name') or cfg['model']['name']} "
             f"(executor={cfg['executor']['name']}, "
             f"dtype={dtype}{f', gemm={gemm}' if gemm else ''}, max_model_len={e.max_model_len})",

@@ -10,6 +10,23 @@ PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.kvlab-setup
 want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+
+# The dashboard's browser test drives Debian's chromium through the system chromedriver. Install
+# them when absent and apt can (root, or passwordless sudo); otherwise say so: the test skips.
+if ! { command -v chromium >/dev/null 2>&1 && [ -x /usr/bin/chromedriver ]; }; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo -n"
+  if command -v apt-get >/dev/null 2>&1 && { [ -z "$SUDO" ] || sudo -n true 2>/dev/null; }; then
+    echo "setup: installing chromium and chromium-driver (apt) for the dashboard's browser test"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+      || { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+      || echo "setup: note: apt-get could not install chromium/chromium-driver; the browser tests will skip"
+  else
+    echo "setup: note: chromium/chromedriver absent and apt-get unavailable (or not root): the dashboard's" \
+         "browser tests will skip (install chromium + chromedriver to run them)"
+  fi
+fi
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import kvlab, torch" 2>/dev/null; then
   exit 0
 fi

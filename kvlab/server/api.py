@@ -6,8 +6,9 @@ invalid JSON, nesting deeper than :data:`MAX_DEPTH`, lone UTF-16 surrogates, wro
 over ``max_body_bytes`` (413) — becomes an OpenAI-style 4xx naming the problem, never a 500.
 Every error — ours, routing (404/405) or unexpected (500) — leaves in OpenAI's ``{"error":
 {...}}`` body. When an API key is set, every route needs ``Authorization: Bearer <key>`` except
-``/health`` and ``/metrics`` (probes and scrapers need no secret); ``/openapi.json`` needs the
-key too. ``/health`` and ``/metrics`` read only the engine's published
+``/health``, ``/metrics`` and the ``/dashboard`` routes (probes, scrapers and the block-map page
+need no secret; the page shows ids and counts, no text); ``/openapi.json`` needs the key too.
+``/health`` and ``/metrics`` read only the engine's published
 :class:`~kvlab.engine_stats.EngineStats`, so they answer at once even during a long step.
 """
 
@@ -26,6 +27,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from kvlab.dashboard.live import LiveBlockMap
+from kvlab.dashboard.routes import add_live_routes
 from kvlab.server.async_engine import EngineDead
 from kvlab.server.chat import chat_prompt, chat_response
 from kvlab.server.generate import ClientGone, Serving, build_params, envelope
@@ -53,6 +56,8 @@ class ServerOptions:
     api_key: str | None = None
     max_body_bytes: int = 4 << 20
     stall_timeout_s: float = 60.0
+    dashboard: bool = True  # serve /dashboard (the live KV block map, docs/dashboard.md)
+    dashboard_hz: float = 4.0  # at most this many block-map snapshots per second while watched
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -177,6 +182,12 @@ def create_app(serving: Serving, options: ServerOptions | str | None = None) -> 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    if opts.dashboard:  # open like /metrics: block ids, request ids and counts, no text
+        live = LiveBlockMap(str(engine.engine.cfg["allocator"]["name"]), opts.dashboard_hz)
+        engine.engine.stats_listeners.append(live)  # runs on the engine thread; idle unless watched
+        app.state.dashboard = live
+        add_live_routes(app, live, engine.call, stopping=lambda: engine.draining)
 
     @app.get("/openapi.json", dependencies=[Depends(auth)], include_in_schema=False)
     async def openapi() -> dict[str, Any]:
