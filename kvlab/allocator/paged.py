@@ -207,18 +207,16 @@ class PagedAllocator(BlockTableQueries):
             self.pool.decref_all_reversed(table)
             return
         ref = self.pool.ref
-        free = self.pool.free_queue
-        is_cached, unlock = index.is_cached, index.unlock
+        zeros = []
         for b in reversed(table):
             r = ref[b] - 1
             ref[b] = r
             if r == 0:
-                if is_cached(b):
-                    unlock(b)
-                else:
-                    free.append(b)
+                zeros.append(b)
             elif r < 0:
                 raise AssertionError(f"block {b}: reference count went negative")
+        if zeros:
+            self.pool.free_queue.extend(index.unlock_many(zeros))
 
     def _forget(self, sid: int) -> None:
         self._num_registered.pop(sid, None)

@@ -38,6 +38,10 @@ class EvictionPolicy(Protocol):
         """``block``'s last holder released it: it joins the evictable set."""
         ...
 
+    def unlocked_many(self, blocks: list[int]) -> None:
+        """``unlocked`` for each of ``blocks``, in order (one call per released table)."""
+        ...
+
     def victim(self) -> int:
         """Choose a block, remove it from the evictable set and forget it. ``IndexError`` if empty."""
         ...
@@ -86,6 +90,10 @@ class HeapPolicy:
         if len(self._heap) > 2 * len(self._live) + 64:
             self._heap = [(k, b) for b, k in self._live.items()]
             heapq.heapify(self._heap)
+
+    def unlocked_many(self, blocks: list[int]) -> None:
+        for b in blocks:
+            self.unlocked(b)
 
     def victim(self) -> int:
         heap, live = self._heap, self._live

@@ -31,6 +31,9 @@ class LRUPolicy:
     def unlocked(self, block: int) -> None:
         self._queue[block] = None
 
+    def unlocked_many(self, blocks: list[int]) -> None:
+        self._queue.update(dict.fromkeys(blocks))
+
     def victim(self) -> int:
         try:
             return self._queue.popitem(last=False)[0]

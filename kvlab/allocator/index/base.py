@@ -62,6 +62,11 @@ class PrefixIndex(Protocol):
         """Cached ``block`` lost its last holder: it becomes evictable."""
         ...
 
+    def unlock_many(self, blocks: list[int]) -> list[int]:
+        """``blocks`` (in release order) lost their last holder: the cached ones become evictable
+        (in that order); returns the others, which belong in the free queue."""
+        ...
+
     def evict(self) -> list[int]:
         """Remove the policy's victim and its cached descendants; returns them, victim first.
         ``IndexError`` when nothing is evictable."""
@@ -158,6 +163,15 @@ class BlockTree:
 
     def unlock(self, block: int) -> None:
         self.policy.unlocked(block)
+
+    def unlock_many(self, blocks: list[int]) -> list[int]:
+        edge = self.edge
+        cached = [b for b in blocks if edge[b] is not None]
+        if len(cached) == len(blocks):
+            self.policy.unlocked_many(blocks)
+            return []
+        self.policy.unlocked_many(cached)
+        return [b for b in blocks if edge[b] is None]
 
     def evict(self) -> list[int]:
         v = self.policy.victim()

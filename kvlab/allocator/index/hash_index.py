@@ -26,15 +26,15 @@ from kvlab.allocator.index.base import BlockTree
 from kvlab.request import Sequence
 
 
-def _builtin(parent: Hashable, tokens: list[int]) -> Hashable:
-    return hash((parent, tuple(tokens)))
+def _builtin(parent: Hashable, tokens: tuple[int, ...]) -> Hashable:
+    return hash((parent, tokens))
 
 
-def _sha256(parent: Hashable, tokens: list[int]) -> Hashable:
+def _sha256(parent: Hashable, tokens: tuple[int, ...]) -> Hashable:
     return hashlib.sha256(parent + array("q", tokens).tobytes()).digest()  # type: ignore[operator]
 
 
-HASH_FUNCTIONS: dict[str, tuple[Callable[[Hashable, list[int]], Hashable], Hashable]] = {
+HASH_FUNCTIONS: dict[str, tuple[Callable[[Hashable, tuple[int, ...]], Hashable], Hashable]] = {
     "builtin": (_builtin, None),  # (function, key of the empty prefix)
     "sha256": (_sha256, b""),
 }
@@ -59,22 +59,33 @@ class HashIndex(BlockTree):
         self.map: dict[Hashable, int] = {}
         self._tokens: list[tuple[int, ...] | None] = [None] * num_blocks
 
-    def block_hashes(self, seq: Sequence, n: int) -> list[Hashable]:
-        """Keys of ``seq``'s first ``n`` full blocks, computed once and kept with the sequence
-        (extended on demand; recomputed only if another hash function or block size made them)."""
+    def _hash_list(self, seq: Sequence) -> list[Hashable]:
+        """The key list kept with ``seq`` (reset if another hash function or block size made it)."""
         cache = seq.block_hashes
         if cache is None or cache[0] != self._tag:
             hashes: list[Hashable] = []
             seq.block_hashes = (self._tag, hashes)
-        else:
-            hashes = cache[1]
+            return hashes
+        return cache[1]
+
+    def block_hashes(self, seq: Sequence, n: int) -> list[Hashable]:
+        """Keys of ``seq``'s first ``n`` full blocks, computed once and kept with the sequence
+        (extended on demand). Token ids only ever grow, so a kept key stays valid."""
+        hashes = self._hash_list(seq)
         have = len(hashes)
         if have < n:
-            bs, fn, tokens = self.block_size, self._fn, seq.token_ids
+            bs, tokens = self.block_size, seq.token_ids
             parent = hashes[-1] if have else self._empty
-            for j in range(have, n):
-                parent = fn(parent, tokens[j * bs:(j + 1) * bs])
-                hashes.append(parent)
+            chunks = zip(*[iter(tokens[have * bs:n * bs])] * bs)  # block tuples, built in C
+            if self._verify:  # builtin: inlined, this runs once per block of every prompt
+                for chunk in chunks:
+                    parent = hash((parent, chunk))
+                    hashes.append(parent)
+            else:
+                fn = self._fn
+                for chunk in chunks:
+                    parent = fn(parent, chunk)
+                    hashes.append(parent)
         return hashes
 
     def match(self, seq: Sequence) -> list[int]:
@@ -83,25 +94,34 @@ class HashIndex(BlockTree):
         n = (len(tokens) - 1) // bs
         if n <= 0:
             return []
-        hashes = self.block_hashes(seq, n)
         get, parent = self.map.get, self.parent
         blocks: list[int] = []
         prev = -1
-        if self._verify:
-            stored = self._tokens
-            for j in range(n):
-                b = get(hashes[j])
-                if b is None or parent[b] != prev or stored[b] != tuple(tokens[j * bs:(j + 1) * bs]):
-                    break
-                blocks.append(b)
-                prev = b
-        else:
-            for j in range(n):
-                b = get(hashes[j])
+        if not self._verify:  # sha256: no collision to guard against, compare the parent only
+            for h in self.block_hashes(seq, n)[:n]:
+                b = get(h)
                 if b is None or parent[b] != prev:
                     break
                 blocks.append(b)
                 prev = b
+            return blocks
+        # builtin: one pass builds each block's tuple once, hashes it if not yet hashed, and
+        # compares it with the cached block's tokens (a hash collision becomes a miss)
+        hashes = self._hash_list(seq)
+        have = len(hashes)
+        stored = self._tokens
+        h: Hashable = None
+        for j, chunk in enumerate(zip(*[iter(tokens[:n * bs])] * bs)):
+            if j < have:
+                h = hashes[j]
+            else:
+                h = hash((h, chunk))
+                hashes.append(h)
+            b = get(h)
+            if b is None or parent[b] != prev or stored[b] != chunk:
+                break
+            blocks.append(b)
+            prev = b
         return blocks
 
     def _edge_keys(self, seq: Sequence, start: int, stop: int) -> list[Hashable]:

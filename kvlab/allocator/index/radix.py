@@ -29,8 +29,8 @@ class RadixIndex(BlockTree):
         children = self.children
         kids = self.root
         blocks: list[int] = []
-        for j in range(n):
-            b = kids.get(tuple(tokens[j * bs:(j + 1) * bs]))
+        for chunk in zip(*[iter(tokens[:n * bs])] * bs):  # block tuples, built in C
+            b = kids.get(chunk)
             if b is None:
                 break
             blocks.append(b)
@@ -58,5 +58,4 @@ class RadixIndex(BlockTree):
 
     def _edge_keys(self, seq: Sequence, start: int, stop: int) -> list[tuple[int, ...]]:
         bs = self.block_size
-        tokens = seq.token_ids
-        return [tuple(tokens[j * bs:(j + 1) * bs]) for j in range(start, stop)]
+        return list(zip(*[iter(seq.token_ids[start * bs:stop * bs])] * bs))
