@@ -4,9 +4,11 @@ and, for ``prefix``, on every index x eviction policy.
 Two allocators run every operation in lockstep and must give identical answers: built identically
 (determinism: same ops -> same block ids), or — for ``prefix`` — one with the hash index and one
 with the radix index (or builtin vs sha256 hashing) under the same policy, which checks that both
-indexes return the same block-level matches on the same history. After every step the allocator's own ``check_invariants`` runs (conservation, ref
-counts = holders, free queue = ref 0, sharing only by fork/prefix, report sums) plus the checks
-below; a ``None`` / ``MemoryError`` answer must leave a snapshot of the state unchanged.
+indexes return the same block-level matches on the same history. After every step the
+allocator's own ``check_invariants`` runs (conservation, ref counts = holders, free queue = ref 0
+except evictable cached blocks, sharing only by fork/prefix, report sums) plus the checks below
+(prefix: every hit block holds the prompt's tokens, per a shadow of the KV); a ``None`` /
+``MemoryError`` answer must leave a snapshot of the state unchanged.
 """
 
 from __future__ import annotations
