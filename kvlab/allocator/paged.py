@@ -57,6 +57,9 @@ class PagedAllocator(BlockTableQueries):
                  num_cpu_blocks: int = 0, *, index: PrefixIndex | None = None, **options: object) -> None:
         validate_geometry(num_blocks, block_size, max_model_len, num_cpu_blocks)
         self.options = check_options(self.name, options, self.OPTIONS)
+        if isinstance(index, str):
+            raise ValueError(f"allocator 'paged': index={index!r} is not an index object; for prefix sharing by "
+                             "name use allocator=prefix allocator.index=hash|radix")
         if index is not None and index.block_size != block_size:
             raise ValueError(f"index block_size {index.block_size} != allocator block_size {block_size}")
         self.num_blocks = num_blocks

@@ -71,3 +71,8 @@ def test_prefix_options_reach_the_index() -> None:
     a = build_allocator({"name": "prefix", "index": "radix", "eviction": "lfu"}, 8, 128)
     assert a.index.name == "radix" and a.index.policy.name == "lfu"
     assert ALLOCATORS.build("paged", 8, 16, 128).index is None
+
+
+def test_paged_index_by_name_points_to_prefix() -> None:
+    with pytest.raises(ValueError, match=r"allocator=prefix allocator.index=hash\|radix"):
+        build_allocator({"name": "paged", "index": "radix"}, 8, 128)
