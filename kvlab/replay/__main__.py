@@ -12,8 +12,9 @@ overrides; ``source`` (``workload`` | ``run``: through the engine with ``executo
 (comma list; default every registered one); ``capacities`` (comma list of blocks; default 8
 sizes from 1/64 of the trace's distinct blocks to all of them); ``seed``; ``out`` (default
 ``results/replay/<workload>-<timestamp>``). Writes ``hit_rates.csv``, ``hit_rates.png``,
-``trace_stats.json``, ``config.json`` and ``manifest.json``; the last line printed is
-``results: DIR``.
+``trace_stats.json``, ``config.json`` and ``manifest.json`` (plus ``trace.json`` with
+``save_trace=true``; ``trace=PATH`` replays a saved trace instead of recording one); the last line
+printed is ``results: DIR``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from kvlab.replay.trace import BlockTrace, trace_from_prompts, trace_from_run
 
 DEFAULTS: dict[str, Any] = {"workload": "chat", "source": "workload", "block_size": 16, "policies": None,
                             "capacities": None, "seed": 0, "out": None, "model": "opt-13b",
-                            "hardware": "a100-40gb", "scheduler": "fcfs"}
+                            "hardware": "a100-40gb", "scheduler": "fcfs", "save_trace": "false", "trace": None}
 SOURCES = ("workload", "run")
 
 
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(opts["out"] or f"results/replay/{opts['workload']}-{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
-    trace = record(cfg, opts)
+    trace = BlockTrace.load(opts["trace"]) if opts["trace"] else record(cfg, opts)
+    if str(opts["save_trace"]).lower() in ("1", "true", "yes"):
+        trace.save(out / "trace.json")
     caps = opts["capacities"] or default_capacities(trace)
     stats = {"accesses": trace.num_accesses, "distinct_blocks": trace.num_blocks, "requests": len(trace.accesses),
              "infinite_cache_hit_rate": trace.compulsory_hits() / max(trace.num_accesses, 1),

@@ -67,9 +67,8 @@ class BlockTrace:
     def load(cls, path: str | Path) -> BlockTrace:
         d = json.loads(Path(path).read_text())
         t = cls(int(d["block_size"]), [list(a) for a in d["accesses"]], list(d["parent"]))
-        t.depth = [0 if p < 0 else 0 for p in t.parent]
-        for i, p in enumerate(t.parent):
-            t.depth[i] = 0 if p < 0 else t.depth[p] + 1
+        for p in t.parent:  # parents always have smaller ids
+            t.depth.append(0 if p < 0 else t.depth[p] + 1)
         return t
 
 

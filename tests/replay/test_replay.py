@@ -74,6 +74,17 @@ def test_command_writes_table_plot_config_manifest(tmp_path, capsys):
         assert (out / f).stat().st_size > 0
 
 
+def test_saved_trace_replays_the_same(tmp_path):
+    out = tmp_path / "a"
+    assert main(["workload=few_shot", "workload.num_requests=30", "capacities=4,16", "save_trace=true",
+                 f"out={out}"]) == 0
+    t = BlockTrace.load(out / "trace.json")
+    assert t.num_accesses == pd.read_csv(out / "hit_rates.csv")["accesses"].iloc[0]
+    assert main([f"trace={out / 'trace.json'}", "capacities=4,16", f"out={tmp_path / 'b'}"]) == 0
+    cols = ["capacity_blocks", "policy", "hits"]
+    assert pd.read_csv(out / "hit_rates.csv")[cols].equals(pd.read_csv(tmp_path / "b" / "hit_rates.csv")[cols])
+
+
 @pytest.mark.parametrize("args,needle", [
     (["policies=lru,mru"], "policies: 'mru' is unknown; choose from:"),
     (["source=disk"], "source='disk' is unknown; choose one of: workload, run"),
