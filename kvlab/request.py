@@ -127,13 +127,15 @@ class Sequence:
     """One token stream with its own block table in the allocator.
 
     The allocator reads ``seq_id``, ``token_ids``, ``num_prompt_tokens``, ``num_computed_tokens``,
-    ``group_size`` and ``request.expected_output_len``; it never mutates a sequence.
+    ``group_size`` and ``request.expected_output_len``; it never mutates a sequence except
+    ``block_hashes``, the hash prefix index's cache of this sequence's full-block keys
+    (``(tag, keys)`` or ``None``), computed once per sequence instead of once per lookup.
     """
 
     __slots__ = (
         "seq_id", "request", "token_ids", "num_prompt_tokens", "num_computed_tokens", "status",
         "cumulative_logprob", "logprobs", "top_logprobs", "stop_reason", "num_cached_tokens",
-        "token_times",
+        "token_times", "block_hashes",
     )
 
     def __init__(self, request: Request, token_ids: list[int], seq_id: int | None = None) -> None:
@@ -149,6 +151,7 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.num_cached_tokens = 0  # prompt tokens served by the prefix cache (last admission)
         self.token_times: list[float] = []
+        self.block_hashes: tuple | None = None  # owned by the hash prefix index (see above)
 
     # -- derived sizes (never stored twice) --
     @property
@@ -180,6 +183,8 @@ class Sequence:
         child.logprobs = list(self.logprobs)
         child.top_logprobs = list(self.top_logprobs)
         child.token_times = list(self.token_times)
+        if self.block_hashes is not None:  # same tokens so far; the child extends its own copy
+            child.block_hashes = (self.block_hashes[0], list(self.block_hashes[1]))
         return child
 
     def __repr__(self) -> str:

@@ -85,17 +85,20 @@ class BlockPool:
             elif r < 0:
                 raise AssertionError(f"block {b}: reference count went negative")
 
-    def check(self, expected_refs: dict[int, int]) -> None:
+    def check(self, expected_refs: dict[int, int], parked: set[int] | frozenset[int] = frozenset()) -> None:
         """Assert ``ref`` equals ``expected_refs`` (block -> holders; absent = 0) and that the free
-        queue holds exactly the blocks with ``ref == 0``. O(num_blocks): tests only."""
+        queue holds exactly the blocks with ``ref == 0`` except ``parked`` ones (unreferenced
+        blocks kept elsewhere: the prefix index's evictable set). O(num_blocks): tests only."""
         assert len(self.ref) == self.num_blocks
         free = set(self.free_queue)
         assert len(free) == len(self.free_queue), "a block is queued twice"
+        assert not (free & parked), "a block is both free and parked"
         for b, r in enumerate(self.ref):
             want = expected_refs.get(b, 0)
             assert r == want, f"block {b}: ref {r} but held by {want} tables"
-            assert (b in free) == (r == 0), f"block {b}: ref {r} but in-free-queue={b in free}"
-        assert len(self.free_queue) + sum(1 for r in self.ref if r > 0) == self.num_blocks, "blocks not conserved"
+            assert (b in free) == (r == 0 and b not in parked), f"block {b}: ref {r} but in-free-queue={b in free}"
+        used = sum(1 for r in self.ref if r > 0)
+        assert len(self.free_queue) + len(parked) + used == self.num_blocks, "blocks not conserved"
 
 
 class FifoBlockPool(BlockPool):

@@ -1,10 +1,12 @@
-"""The paged allocator (vLLM's PagedAttention block manager): any free block, shared on fork.
+"""The paged allocator (vLLM's PagedAttention block manager): any free block, shared on fork,
+optionally shared across requests through a prefix index.
 
-Owns the per-sequence block tables over one :class:`BlockPool`, copy-on-write of shared partial
-blocks, swapping whole sequence groups to the CPU pool, and the paged memory report. The prefix
-allocator (:mod:`kvlab.allocator.prefix`) extends it through three hooks: ``_on_pop`` (a block
-left the free queue: evict its cache entry), ``_after_allocate`` (register newly full blocks) and
-``_release`` (free a table).
+Owns the per-sequence block tables over one block pool, copy-on-write of shared partial blocks,
+swapping whole sequence groups to the CPU pool, and the paged memory report. Prefix sharing is
+composition, not inheritance: pass ``index=`` a :class:`~kvlab.allocator.index.base.PrefixIndex`
+(``None`` = no sharing). The pool's free queue holds never-cached (or evicted) blocks; the
+index's eviction policy holds the evictable set (cached, unreferenced blocks). Allocation takes
+the free queue first and asks the index to evict only when it is empty.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from collections import Counter
 
 from kvlab.allocator import ALLOCATORS
 from kvlab.allocator.base import NO_NEW_BLOCKS, MemoryReport, NewBlocks
-from kvlab.allocator.block_pool import BlockPool, FifoBlockPool
+from kvlab.allocator.block_pool import FifoBlockPool
+from kvlab.allocator.index.base import PrefixIndex
 from kvlab.allocator.options import cdiv, check_options, validate_geometry
 from kvlab.allocator.paged_report import paged_memory_report
 from kvlab.allocator.table_queries import BlockTableQueries
@@ -29,29 +32,45 @@ class PagedAllocator(BlockTableQueries):
     (copy-on-write, returned as ``(src, dst)`` pairs in the result's ``copies``). ``None`` from
     ``allocate_slots`` / ``swap_*`` means "no room" and leaves every structure untouched.
 
+    With an ``index``: :meth:`get_computed_blocks` returns the index's longest cached chain of
+    full blocks (capped so the last token is computed); ``allocate_slots(..., computed=)`` attaches
+    it (a cached unreferenced block is locked: it leaves the evictable set) and counts
+    ``prefix_query_tokens`` / ``prefix_hit_tokens``; blocks that become full are inserted; a
+    released cached block is unlocked (evictable) instead of going to the free queue;
+    ``num_free_blocks()`` counts free + evictable blocks.
+
     Args:
         num_blocks: GPU blocks in the pool.
         block_size: token slots per block, 1..256.
         max_model_len: longest sequence in tokens (caps the expected final length in reports).
         num_cpu_blocks: CPU swap pool size in blocks (0 disables swapping: ``swap_out`` -> None).
+        index: the prefix index (built with the same ``num_blocks`` and ``block_size``), or
+            ``None`` for no sharing across requests. The allocator mutates it.
 
     Nothing is random: the same operations give the same block ids.
     """
 
     OPTIONS: dict[str, tuple[str, ...]] = {}
     name = "paged"
-    POOL: type[BlockPool] = FifoBlockPool  # prefix caching needs removal from the middle
-    _REGISTERS = False  # does _after_allocate do anything (prefix: register full blocks)
 
     def __init__(self, num_blocks: int, block_size: int = 16, max_model_len: int = 2048,
-                 num_cpu_blocks: int = 0, **options: object) -> None:
+                 num_cpu_blocks: int = 0, *, index: PrefixIndex | None = None, **options: object) -> None:
         validate_geometry(num_blocks, block_size, max_model_len, num_cpu_blocks)
         self.options = check_options(self.name, options, self.OPTIONS)
+        if isinstance(index, str):
+            raise ValueError(f"allocator 'paged': index={index!r} is not an index object; for prefix sharing by "
+                             "name use allocator=prefix allocator.index=hash|radix")
+        if index is not None and index.block_size != block_size:
+            raise ValueError(f"index block_size {index.block_size} != allocator block_size {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.max_model_len = max_model_len
-        self.pool = self.POOL(num_blocks)
+        self.index = index
+        # Never-cached free blocks only (the evictable set is the index's): no removal from the
+        # middle, so a deque suffices with or without an index.
+        self.pool = FifoBlockPool(num_blocks)
         self.cpu_pool = FifoBlockPool(num_cpu_blocks)
+        self._num_registered: dict[int, int] = {}  # seq_id -> leading blocks offered to the index
         self._tables: dict[int, list[int]] = {}  # seq_id -> GPU block ids, logical order
         self._seqs: dict[int, Sequence] = {}  # seq_id -> sequence, for the memory report
         self._swapped: dict[int, list[int]] = {}  # seq_id -> CPU block ids
@@ -62,6 +81,22 @@ class PagedAllocator(BlockTableQueries):
     # ---------------------------------------------------------------- queries (no mutation)
     def stats(self) -> dict[str, int]:
         return {"prefix_query_tokens": self._query_tokens, "prefix_hit_tokens": self._hit_tokens}
+
+    def get_computed_blocks(self, seq: Sequence) -> tuple[list[int], int]:
+        """Longest cached prefix (full blocks, never the last token); ``([], 0)`` without an index."""
+        if self.index is None:
+            return [], 0
+        blocks = self.index.match(seq)
+        return blocks, len(blocks) * self.block_size
+
+    def num_free_blocks(self) -> int:
+        """Free blocks plus evictable cached blocks."""
+        index = self.index
+        return len(self.pool.free_queue) + (index.num_evictable() if index is not None else 0)
+
+    def num_cached_free_blocks(self) -> int:
+        """Cached blocks no sequence holds (evictable); 0 without an index."""
+        return self.index.num_evictable() if self.index is not None else 0
 
     # ---------------------------------------------------------------- allocation
     def allocate_slots(self, seq: Sequence, num_new_tokens: int,
@@ -85,7 +120,7 @@ class PagedAllocator(BlockTableQueries):
                 while i < last and ref[table[i]] == 1:
                     i += 1
                 if i >= last:
-                    if self._REGISTERS:  # skip a no-op call on the paged hot path
+                    if self.index is not None:  # skip a no-op call on the paged hot path
                         self._after_allocate(seq, table, total)
                     return NO_NEW_BLOCKS
         return self._allocate(seq, num_new_tokens, computed)
@@ -112,16 +147,21 @@ class PagedAllocator(BlockTableQueries):
         # Existing blocks that will be written but are shared: copy-on-write them.
         ref = pool.ref
         cow = [i for i in range(start // bs, min(needed, len(cur))) if ref[cur[i]] > 1]
-        revive = sum(1 for b in cblocks if ref[b] == 0)  # cached blocks leaving the free queue
-        if num_new + len(cow) + revive > len(pool.free_queue):
+        revive = sum(1 for b in cblocks if ref[b] == 0)  # cached blocks leaving the evictable set
+        if num_new + len(cow) + revive > self.num_free_blocks():
             return None
         is_new = table is None
         if table is None:
             table = self._tables[sid] = []
             self._seqs[sid] = seq
-            self._on_new_seq(seq)
-        for b in cblocks:
-            self._attach(b)
+            if self.index is not None:
+                self._num_registered[sid] = len(cblocks)  # hit blocks are cached already
+        if cblocks:
+            index = self.index
+            for b in cblocks:
+                if ref[b] == 0:
+                    index.lock(b)  # type: ignore[union-attr]
+                ref[b] += 1
         table.extend(cblocks)
         new_blocks = NewBlocks()
         if cow:
@@ -138,38 +178,51 @@ class PagedAllocator(BlockTableQueries):
             table.append(b)
             new_blocks.append(b)
         self._logical_blocks += len(cblocks) + num_new
-        if is_new:
-            self._count_query(seq, ctokens)
-        self._after_allocate(seq, table, total)
+        if self.index is not None:
+            if is_new:
+                self._query_tokens += seq.num_tokens
+                self._hit_tokens += ctokens
+            self._after_allocate(seq, table, total)
         return new_blocks
 
     def _pop(self) -> int:
-        b = self.pool.pop_free()
-        self._on_pop(b)
-        return b
-
-    # ---------------------------------------------------------------- hooks (prefix overrides)
-    def _on_pop(self, b: int) -> None:
-        """Block ``b`` left the free queue for a new use."""
-
-    def _attach(self, b: int) -> None:
-        """A prefix-cache hit block joins a table (ref +1; leaves the free queue if it was there)."""
-        self.pool.incref(b)
-
-    def _on_new_seq(self, seq: Sequence) -> None:
-        """``seq`` got its first (empty) table."""
+        """A free block with ref 1; evicts through the index when the free queue is empty."""
+        pool = self.pool
+        if not pool.free_queue:
+            victims = self.index.evict()  # type: ignore[union-attr]  # callers checked num_free_blocks
+            ref = pool.ref
+            pool.free_queue.extend(v for v in victims if ref[v] == 0)
+        return pool.pop_free()
 
     def _after_allocate(self, seq: Sequence, table: list[int], covered_tokens: int) -> None:
-        """The table now covers ``covered_tokens`` tokens of ``seq``."""
-
-    def _count_query(self, seq: Sequence, hit_tokens: int) -> None:
-        """``seq`` got its first table (admission); ``hit_tokens`` of its prompt came from the cache."""
+        """Offer the blocks that became full to the index (each block once per table)."""
+        sid = seq.seq_id
+        num_full = min(covered_tokens, len(seq.token_ids)) // self.block_size
+        done = self._num_registered[sid]
+        if num_full > done:
+            self.index.insert(seq, table, done, num_full)  # type: ignore[union-attr]
+            self._num_registered[sid] = num_full
 
     def _release(self, table: list[int]) -> None:
-        self.pool.decref_all_reversed(table)
+        """Release a table last block first; cached blocks become evictable, others free."""
+        index = self.index
+        if index is None:
+            self.pool.decref_all_reversed(table)
+            return
+        ref = self.pool.ref
+        zeros = []
+        for b in reversed(table):
+            r = ref[b] - 1
+            ref[b] = r
+            if r == 0:
+                zeros.append(b)
+            elif r < 0:
+                raise AssertionError(f"block {b}: reference count went negative")
+        if zeros:
+            self.pool.free_queue.extend(index.unlock_many(zeros))
 
     def _forget(self, sid: int) -> None:
-        """Per-sequence side state of ``sid`` is no longer needed."""
+        self._num_registered.pop(sid, None)
 
     # ---------------------------------------------------------------- fork / free
     def fork(self, parent: Sequence, child: Sequence) -> list[tuple[int, int]]:
@@ -185,11 +238,9 @@ class PagedAllocator(BlockTableQueries):
         self._tables[child.seq_id] = list(src)
         self._seqs[child.seq_id] = child
         self._logical_blocks += len(src)
-        self._fork_side_state(parent, child)
+        if parent.seq_id in self._num_registered:
+            self._num_registered[child.seq_id] = self._num_registered[parent.seq_id]
         return []
-
-    def _fork_side_state(self, parent: Sequence, child: Sequence) -> None:
-        """Copy per-sequence side state (prefix: the cached block hashes)."""
 
     def free(self, seq: Sequence) -> None:
         """Release ``seq``'s GPU or CPU blocks, last block first. Unknown sequences: no-op."""
@@ -220,6 +271,7 @@ class PagedAllocator(BlockTableQueries):
             self._swapped[s.seq_id] = [mapping[b] for b in t]
             del self._tables[s.seq_id]
             del self._seqs[s.seq_id]
+            self._num_registered.pop(s.seq_id, None)
             self._logical_blocks -= len(t)
             self._release(t)
         return list(mapping.items())
@@ -228,7 +280,7 @@ class PagedAllocator(BlockTableQueries):
         """Bring a swapped group back into fresh GPU blocks (sharing preserved)."""
         group = [(s, self._swapped[s.seq_id]) for s in seqs if s.seq_id in self._swapped]
         holders = Counter(c for _, t in group for c in t)
-        if len(holders) > len(self.pool.free_queue):
+        if len(holders) > self.num_free_blocks():
             return None
         mapping: dict[int, int] = {}
         for c, n in holders.items():
@@ -246,24 +298,30 @@ class PagedAllocator(BlockTableQueries):
         return list(mapping.items())
 
     def _after_swap_in(self, seq: Sequence, table: list[int]) -> None:
-        """``seq`` has a fresh GPU table after a swap-in."""
+        """Fresh GPU blocks: offer them to the index again (cached where the prefix is new)."""
+        if self.index is not None:
+            self._num_registered[seq.seq_id] = 0
+            self._after_allocate(seq, table, len(table) * self.block_size)
 
     # ---------------------------------------------------------------- reporting / checking
     def memory_report(self) -> MemoryReport:
         """The paper's Fig. 2 categories; O(#sequences). See :mod:`kvlab.allocator.paged_report`."""
-        return paged_memory_report(self._tables, self._seqs, block_size=self.block_size,
+        return paged_memory_report(self.tables(), self.sequences(), block_size=self.block_size,
                                    num_blocks=self.num_blocks, max_model_len=self.max_model_len,
-                                   num_free_blocks=len(self.pool.free_queue),
-                                   logical_blocks=self._logical_blocks,
-                                   cached_free_blocks=self._num_cached_free())
-
-    def _num_cached_free(self) -> int:
-        return 0
+                                   num_free_blocks=self.num_free_blocks(),
+                                   logical_blocks=self.num_logical_blocks(),
+                                   cached_free_blocks=self.num_cached_free_blocks())
 
     def check_invariants(self) -> None:
         """Conservation, ref counts = table holders, free queue = ref 0, sharing only by fork."""
         holders = Counter(b for t in self._tables.values() for b in t)
-        self.pool.check(holders)
+        index = self.index
+        parked = set()
+        if index is not None:
+            index.check(self.pool.ref)
+            parked = {b for b in range(self.num_blocks) if self.pool.ref[b] == 0 and index.is_cached(b)}
+            assert self._num_registered.keys() == self._tables.keys(), "registration map out of sync"
+        self.pool.check(holders, parked)
         self.cpu_pool.check(Counter(c for t in self._swapped.values() for c in t))
         assert self._logical_blocks == sum(len(t) for t in self._tables.values()), "logical count"
         assert self._seqs.keys() == self._tables.keys(), "seq map out of sync"
@@ -280,5 +338,5 @@ class PagedAllocator(BlockTableQueries):
         assert min(rep.token_states, rep.reservation, rep.internal_frag, rep.external_frag) >= 0, rep
 
     def _may_share_across_requests(self, b: int) -> bool:
-        """Paged sharing comes only from fork, i.e. inside one request."""
-        return False
+        """Without an index sharing comes only from fork, i.e. inside one request."""
+        return self.index is not None and self.index.is_cached(b)

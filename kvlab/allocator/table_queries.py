@@ -1,10 +1,16 @@
 """Queries every block-table allocator answers the same way (a mixin; none of them mutates).
 
-An allocator using it keeps ``_tables`` (seq id -> block ids), ``pool`` and ``cpu_pool``
-(:class:`~kvlab.allocator.block_pool.BlockPool` objects with a ``free_queue``) and ``block_size``.
+This is the documented read-only view of an allocator: the memory reports, the dashboard and the
+tests read tables, sequences and counts through these methods, never through private fields.
+An allocator using it keeps ``_tables`` (seq id -> block ids), ``_seqs`` (seq id -> sequence),
+``_logical_blocks``, ``pool`` and ``cpu_pool`` (block pools with a ``free_queue``) and
+``block_size``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from kvlab.allocator.options import cdiv
 from kvlab.request import Sequence
@@ -14,7 +20,26 @@ class BlockTableQueries:
     """Read-only queries shared by the paged, prefix and contiguous allocators."""
 
     _tables: dict[int, list[int]]
+    _seqs: dict[int, Sequence]
+    _logical_blocks: int
     block_size: int
+
+    def tables(self) -> Mapping[int, list[int]]:
+        """Live read-only mapping seq id -> block table (do not mutate the lists)."""
+        return MappingProxyType(self._tables)
+
+    def sequences(self) -> Mapping[int, Sequence]:
+        """Live read-only mapping seq id -> the sequence holding that table."""
+        return MappingProxyType(self._seqs)
+
+    def num_logical_blocks(self) -> int:
+        """Sum of table lengths (shared blocks counted once per table)."""
+        n = getattr(self, "_logical_blocks", None)
+        return n if n is not None else sum(len(t) for t in self._tables.values())
+
+    def num_cached_free_blocks(self) -> int:
+        """Cached blocks no sequence holds (evictable); 0 for allocators without a prefix cache."""
+        return 0
 
     def get_computed_blocks(self, seq: Sequence) -> tuple[list[int], int]:
         """No prefix cache: always ``([], 0)`` (the prefix allocator overrides this)."""

@@ -22,8 +22,10 @@ from kvlab.workloads.base import (
     WorkloadError,
 )
 from kvlab.workloads.chat import chat
+from kvlab.workloads.few_shot import few_shot
 from kvlab.workloads.file_loader import load_file
 from kvlab.workloads.lengths import PAPER_MEANS
+from kvlab.workloads.multiturn import multiturn
 from kvlab.workloads.prompts import prompts
 from kvlab.workloads.shared_prefix import shared_prefix
 from kvlab.workloads.synthetic import fixed, paper_dataset, uniform
@@ -67,6 +69,17 @@ GENERATORS: dict[str, GeneratorSpec] = {
                              "built-in English instructions through the chat template"),
     "chat": GeneratorSpec(chat, {"new_prob": 0.1, "max_history": 1024, "max_output": 1024, "mean_turns": 4},
                           "SYNTHETIC multi-turn chat (ShareGPT-like turns, Fig. 17)"),
+    "multiturn": GeneratorSpec(
+        multiturn,
+        {"system_prompts": 8, "system_len_min": 200, "system_len_max": 800, "system_zipf": 1.0,
+         "mean_turns": 4, "concurrent": 32, "max_output": 512},
+        "SYNTHETIC multi-turn chat with shared system prompts (Zipf popularity), full history"),
+    "few_shot": GeneratorSpec(
+        few_shot,
+        {"tasks": 16, "shots": 5, "header_len": 64, "example_len_min": 40, "example_len_max": 100,
+         "question_len_min": 20, "question_len_max": 60, "output_len_min": 4, "output_len_max": 32,
+         "task_zipf": 1.0},
+        "SYNTHETIC few-shot prompts: common header + a task's k examples + a question (Zipf tasks)"),
 }
 
 

@@ -55,3 +55,24 @@ def test_bad_geometry_and_unknown_name() -> None:
         ALLOCATORS.build("paged", 8, 16, 0)
     with pytest.raises(ValueError, match="choose one of: contiguous, paged, prefix"):
         build_allocator({"name": "slab"}, 8, 128)
+
+
+@pytest.mark.parametrize(("key", "value", "choices"), [
+    ("index", "trie", r"hash, radix"),
+    ("eviction", "random", r"lru, fifo, lfu, lru-depth"),
+    ("hash_fn", "md5", r"builtin, sha256"),
+])
+def test_prefix_bad_index_policy_or_hash_names_key_and_choices(key: str, value: str, choices: str) -> None:
+    with pytest.raises(ValueError, match=rf"{key}='{value}'.*choose one of: {choices}"):
+        build_allocator({"name": "prefix", key: value}, 8, 128)
+
+
+def test_prefix_options_reach_the_index() -> None:
+    a = build_allocator({"name": "prefix", "index": "radix", "eviction": "lfu"}, 8, 128)
+    assert a.index.name == "radix" and a.index.policy.name == "lfu"
+    assert ALLOCATORS.build("paged", 8, 16, 128).index is None
+
+
+def test_paged_index_by_name_points_to_prefix() -> None:
+    with pytest.raises(ValueError, match=r"allocator=prefix allocator.index=hash\|radix"):
+        build_allocator({"name": "paged", "index": "radix"}, 8, 128)

@@ -1,9 +1,14 @@
-"""Stateful property test: random admit / decode / fork / free / swap / preempt on every allocator.
+"""Stateful property test: random admit / decode / fork / free / swap / preempt on every allocator
+and, for ``prefix``, on every index x eviction policy.
 
-Two allocators built identically run every operation in lockstep (determinism: same ops -> same
-block ids). After every step the allocator's own ``check_invariants`` runs (conservation, ref
-counts = holders, free queue = ref 0, sharing only by fork/prefix, report sums) plus the checks
-below; a ``None`` / ``MemoryError`` answer must leave a snapshot of the state unchanged.
+Two allocators run every operation in lockstep and must give identical answers: built identically
+(determinism: same ops -> same block ids), or — for ``prefix`` — one with the hash index and one
+with the radix index (or builtin vs sha256 hashing) under the same policy, which checks that both
+indexes return the same block-level matches on the same history. After every step the
+allocator's own ``check_invariants`` runs (conservation, ref counts = holders, free queue = ref 0
+except evictable cached blocks, sharing only by fork/prefix, report sums) plus the checks below
+(prefix: every hit block holds the prompt's tokens, per a shadow of the KV); a ``None`` /
+``MemoryError`` answer must leave a snapshot of the state unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from kvlab.allocator import ALLOCATORS
+from kvlab.allocator.eviction import EVICTION
 from kvlab.request import Request, SamplingParams, Sequence
 
 NUM_BLOCKS, BLOCK_SIZE, MAX_LEN, CPU_BLOCKS = 16, 4, 32, 12
@@ -29,6 +35,7 @@ def snapshot(alloc, seqs: list[Sequence]) -> tuple:
 
 class AllocatorMachine(RuleBasedStateMachine):
     name = "paged"
+    pair: tuple[dict, dict] = ({}, {})  # options of the two lockstep allocators
 
     def __init__(self) -> None:
         super().__init__()
@@ -36,13 +43,23 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.running: list[Sequence] = []
         self.swapped: list[Sequence] = []
         self.n_req = 0
+        self.content: dict[int, tuple[int, ...]] = {}  # block -> tokens whose KV it holds (full blocks)
+
+    def written(self, seq: Sequence, new_blocks: list[int]) -> None:
+        """Shadow of the KV: new blocks hold nothing yet; the sequence's full computed blocks hold
+        its tokens (the executor writes them in the step that allocated them)."""
+        for b in new_blocks:
+            self.content.pop(b, None)
+        table = self.allocs[0].block_table(seq)
+        for j in range(seq.num_computed_tokens // BLOCK_SIZE):
+            self.content[table[j]] = tuple(seq.token_ids[j * BLOCK_SIZE:(j + 1) * BLOCK_SIZE])
 
     @initialize(reservation=st.sampled_from(["max", "pow2", "oracle"]),
                 placement=st.sampled_from(["buddy", "first_fit"]))
     def build(self, reservation: str, placement: str) -> None:
         opts = {"reservation": reservation, "placement": placement} if self.name == "contiguous" else {}
         self.allocs = [ALLOCATORS.build(self.name, NUM_BLOCKS, BLOCK_SIZE, MAX_LEN,
-                                        num_cpu_blocks=CPU_BLOCKS, **opts) for _ in range(2)]
+                                        num_cpu_blocks=CPU_BLOCKS, **opts, **extra) for extra in self.pair]
 
     def call(self, method: str, *args):
         """Run on both allocators, check they agree, return the first one's answer."""
@@ -80,6 +97,8 @@ class AllocatorMachine(RuleBasedStateMachine):
         if seq.num_computed_tokens == 0 and not self.allocs[0].block_table(seq):
             computed = self.call("get_computed_blocks", seq)
             assert computed[1] < seq.num_tokens  # never the whole prompt
+            if self.name == "prefix":
+                self.check_hit(seq, computed[0])
         skip = computed[1] if computed else 0
         n = min(chunk, seq.num_tokens - seq.num_computed_tokens - skip)
         before = snapshot(self.allocs[0], self.tracked())
@@ -88,9 +107,19 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert snapshot(self.allocs[0], self.tracked()) == before
             return
         seq.num_computed_tokens += skip + n
+        self.written(seq, got)
         if seq.num_computed_tokens == seq.num_tokens:
             self.waiting.remove(seq)
             self.running.append(seq)
+
+    def check_hit(self, seq: Sequence, blocks: list[int]) -> None:
+        """Every hit block holds exactly the tokens the prompt has at its position."""
+        for j, b in enumerate(blocks):
+            want = tuple(seq.token_ids[j * BLOCK_SIZE:(j + 1) * BLOCK_SIZE])
+            assert self.content.get(b) == want, f"block {b} at {j}: wrong KV for the prompt"
+        for a in self.allocs:
+            if a.index.name == "radix":
+                assert len(blocks) * BLOCK_SIZE <= a.index.match_tokens(seq) < seq.num_tokens
 
     @precondition(lambda self: self.running)
     @rule(i=st.integers(0, 100), tok=st.integers(0, 9))
@@ -109,6 +138,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         for src, dst in got.copies:  # copy-on-write: the copy replaced the shared block
             assert src != dst and dst in got and dst in table and src not in table
         seq.num_computed_tokens += 1
+        self.written(seq, got)
 
     @precondition(lambda self: self.running)
     @rule(i=st.integers(0, 100))
@@ -171,12 +201,14 @@ class AllocatorMachine(RuleBasedStateMachine):
         req = self.swapped[i % len(self.swapped)].request
         group = [s for s in self.swapped if s.request is req]
         before = snapshot(self.allocs[0], self.tracked())
-        if self.call("swap_in", group) is None:
+        pairs = self.call("swap_in", group)
+        if pairs is None:
             assert snapshot(self.allocs[0], self.tracked()) == before
             return
         for s in group:
             self.swapped.remove(s)
             self.running.append(s)
+            self.written(s, [g for _, g in pairs])
 
     @invariant()
     def consistent(self) -> None:
@@ -205,10 +237,22 @@ class AllocatorMachine(RuleBasedStateMachine):
             assert a.num_free_cpu_blocks() == CPU_BLOCKS
 
 
-@pytest.mark.parametrize("name", ALLOCATORS.names())
-def test_allocator_state_machine(name: str) -> None:
-    machine = type(f"{name.title()}Machine", (AllocatorMachine,), {"name": name})
-    cfg = settings(max_examples=60, stateful_step_count=50, deadline=None,
+def _cases() -> list:
+    """Every allocator built twice identically; for ``prefix``, every eviction policy with the hash
+    index (builtin hashing) beside the radix index, plus builtin beside sha256 hashing."""
+    cases = [pytest.param(n, ({}, {}), 60, id=n) for n in ALLOCATORS.names() if n != "prefix"]
+    for policy in EVICTION.names():
+        pair = ({"index": "hash", "eviction": policy}, {"index": "radix", "eviction": policy})
+        cases.append(pytest.param("prefix", pair, 40, id=f"prefix-hash-vs-radix-{policy}"))
+    pair = ({"hash_fn": "builtin"}, {"hash_fn": "sha256"})
+    cases.append(pytest.param("prefix", pair, 30, id="prefix-builtin-vs-sha256"))
+    return cases
+
+
+@pytest.mark.parametrize(("name", "pair", "examples"), _cases())
+def test_allocator_state_machine(name: str, pair: tuple[dict, dict], examples: int) -> None:
+    machine = type(f"{name.title()}Machine", (AllocatorMachine,), {"name": name, "pair": pair})
+    cfg = settings(max_examples=examples, stateful_step_count=50, deadline=None,
                    suppress_health_check=[HealthCheck.too_slow])
     machine.TestCase.settings = cfg
     machine.TestCase().runTest()

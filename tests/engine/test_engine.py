@@ -27,7 +27,8 @@ def run_checked(eng: LLMEngine, ex, max_steps: int = 3000) -> None:
     raise AssertionError("engine did not finish")
 
 
-ALLOCS = [("paged", {}), ("prefix", {}), ("contiguous", {"reservation": "oracle"}),
+ALLOCS = [("paged", {}), ("prefix", {}), ("prefix", {"index": "radix", "eviction": "lru-depth"}),
+          ("prefix", {"eviction": "fifo"}), ("contiguous", {"reservation": "oracle"}),
           ("contiguous", {"reservation": "max", "placement": "buddy"})]
 
 

@@ -68,6 +68,8 @@ def test_paged_keeps_token_states_where_max_reservation_wastes_them(memory_runs)
     (["hardware=tpu"], "Available options"),
     (["workload=file", "workload.path=/nonexistent/trace.json"], "workload.path"),
     (["scheduler.preemption=drop"], "recompute"),
+    (["allocator=prefix", "allocator.index=trie"], "index='trie' is invalid; choose one of: hash, radix"),
+    (["allocator=prefix", "allocator.eviction=random"], "eviction='random' is invalid; choose one of: lru,"),
 ])
 def test_bad_config_fails_before_any_work(args, needle, tmp_path):
     proc = run_cli(*SIM, *args, f"output_dir={tmp_path}/out", timeout=120)
