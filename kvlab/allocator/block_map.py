@@ -5,9 +5,9 @@ never mutates the allocator and reads only these attributes, which every block-t
 (paged, prefix, contiguous) keeps:
 
 - ``num_blocks``, ``block_size``, ``pool.ref`` (reference count per block);
-- ``_tables`` (seq id -> block ids, logical order) and ``_seqs`` (seq id -> :class:`Sequence`);
-- prefix caching: ``cached_block_ids()`` if the allocator defines it, else the hash index
-  ``_index`` (key -> block id) or ``_bkey`` (block id -> key or None) -- a block in the index
+- ``tables()`` (seq id -> block ids, logical order) and ``sequences()`` (seq id ->
+  :class:`Sequence`), the read-only view of :class:`~kvlab.allocator.table_queries.BlockTableQueries`;
+- prefix caching (an allocator with an ``index``): ``cached_block_ids()`` -- a block in the index
   with ``ref == 0`` is *cached-but-free*;
 - contiguous: ``_runs`` (seq id -> (first block, granted blocks, usable slots A)) and ``_held``
   (request id -> runs reserved for the request's later forks).
@@ -73,13 +73,14 @@ def block_map(alloc: Any) -> BlockMap:
     owner = np.zeros(n, dtype=np.uint16)
     fill = np.zeros(n, dtype=np.int64)
     state = np.where(ref > 1, SHARED, np.where(ref > 0, PRIVATE, FREE)).astype(np.uint8)
-    tables = alloc._tables
+    tables = alloc.tables()
+    seqs = alloc.sequences()
     runs = getattr(alloc, "_runs", None)
     requests: dict[str, int] = {}
     sids = [sid for sid, t in tables.items() if t]
     idx, written, usable = [], [], []
     for sid in sids:
-        seq = alloc._seqs[sid]
+        seq = seqs[sid]
         idx.append(requests.setdefault(seq.request.request_id, len(requests)))
         cap = len(tables[sid]) * bs
         slots = runs[sid][2] if runs is not None and sid in runs else cap  # contiguous: usable A
@@ -122,13 +123,6 @@ def block_map(alloc: Any) -> BlockMap:
 
 def _cached_blocks(alloc: Any) -> np.ndarray | None:
     """Block ids in the prefix index (referenced or not), or None for allocators without one."""
-    query = getattr(alloc, "cached_block_ids", None)
-    if query is not None:
-        return np.fromiter(query(), dtype=np.int64)
-    index = getattr(alloc, "_index", None)  # hash-chain index: key -> block id
-    if isinstance(index, dict):
-        return np.fromiter(index.values(), dtype=np.int64, count=len(index))
-    bkey = getattr(alloc, "_bkey", None)
-    if bkey is None:
+    if getattr(alloc, "index", None) is None:
         return None
-    return np.flatnonzero(np.fromiter((k is not None for k in bkey), dtype=bool, count=len(bkey)))
+    return np.asarray(alloc.cached_block_ids(), dtype=np.int64)

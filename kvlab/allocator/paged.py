@@ -94,6 +94,10 @@ class PagedAllocator(BlockTableQueries):
         index = self.index
         return len(self.pool.free_queue) + (index.num_evictable() if index is not None else 0)
 
+    def cached_block_ids(self) -> list[int]:
+        """Blocks the prefix index holds, referenced or not (empty without an index; O(pool))."""
+        return self.index.cached_block_ids() if self.index is not None else []
+
     def num_cached_free_blocks(self) -> int:
         """Cached blocks no sequence holds (evictable); 0 without an index."""
         return self.index.num_evictable() if self.index is not None else 0

@@ -78,6 +78,10 @@ class PrefixIndex(Protocol):
 
     def num_cached(self) -> int: ...
 
+    def cached_block_ids(self) -> list[int]:
+        """Ids of every block in the index, referenced or not (O(pool); for views, not hot paths)."""
+        ...
+
     def check(self, ref: Seq[int]) -> None:
         """Assert the tree is consistent with the reference counts ``ref`` (tests only, O(pool))."""
         ...
@@ -204,6 +208,9 @@ class BlockTree:
 
     def num_cached(self) -> int:
         return self._num_cached
+
+    def cached_block_ids(self) -> list[int]:
+        return [b for b, k in enumerate(self.edge) if k is not None]
 
     def check(self, ref: Seq[int]) -> None:
         cached = [b for b, k in enumerate(self.edge) if k is not None]
