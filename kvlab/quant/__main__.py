@@ -1,0 +1,99 @@
+"""``python -m kvlab.quant [--quick] [--schemes a,b] [--out DIR] [--update-doc]``: compare KV formats.
+
+For every scheme in ``conf/kv_quant/`` (the unquantized ``none`` first): accuracy on the real
+model through the engine (perplexity/KL/top-1 by chunked prefill, greedy agreement, passkey
+retrieval), then the serving effect at one fixed KV budget on the CPU and in the simulator at
+paper scale. Writes ``summary.csv``, ``summary.md``, ``pareto.png``, ``serving.png``,
+``config.yaml`` (the settings), ``manifest.json`` and each serving run under ``runs/``; the last
+line is ``results: DIR``. docs/quantization.md explains the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from kvlab.quant import settings as presets
+
+REPO = Path(__file__).resolve().parent.parent.parent
+DOC = REPO / "docs" / "quantization.md"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m kvlab.quant", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (CI: < 3 minutes for six schemes)")
+    ap.add_argument("--schemes", default=None, help="comma-separated subset (default: every conf/kv_quant scheme)")
+    ap.add_argument("--out", type=Path, default=None, help="results dir (default results/quant/<mode>-<time>)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    ap.add_argument("--passkey-lengths", default=None, help="comma-separated prompt lengths in tokens")
+    ap.add_argument("--update-doc", action="store_true", help=f"write the results section into {DOC.name}")
+    return ap.parse_args(argv)
+
+
+def _load() -> str:
+    try:
+        return "{:.1f}, {:.1f}, {:.1f}".format(*os.getloadavg())
+    except OSError:  # pragma: no cover
+        return "n/a"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    from kvlab.quant.schemes import select_schemes
+
+    s = presets.quick() if args.quick else presets.full()
+    if args.threads:
+        s.threads = args.threads
+    if args.passkey_lengths:
+        s.passkey_lengths = [int(x) for x in args.passkey_lengths.split(",")]
+    try:
+        schemes = select_schemes(args.schemes.split(",") if args.schemes else None)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    mode = "quick" if args.quick else "full"
+    out = args.out or REPO / "results" / "quant" / f"{mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_start = _load()
+    from omegaconf import OmegaConf
+
+    config = {"mode": mode, "schemes": schemes, **s.as_dict()}
+    OmegaConf.save(OmegaConf.create(config), out / "config.yaml")
+    print(f"kvlab.quant ({mode}): {len(schemes)} schemes: {', '.join(schemes)}; results under {out}", flush=True)
+
+    from kvlab.quant.compare import compare
+
+    rows, meta = compare(schemes, s, out)
+    from kvlab.manifest import cpu_info, write_manifest
+    from kvlab.quant.report import markdown, plot_all, update_doc, write_summary
+
+    df = write_summary(rows, out)
+    plot_all(df, out)
+    cpu = cpu_info().get("model") or "this CPU"
+    meta.update(mode=mode, date=time.strftime("%Y-%m-%d", time.gmtime()), cpu=cpu,
+                load=f"{load_start} at start, {_load()} at end",
+                command="python -m kvlab.quant" + (" --quick" if args.quick else ""),
+                sim=f"{s.sim_model} on {s.sim_hardware}")
+    section = markdown(df, meta)
+    (out / "summary.md").write_text(section)
+    (out / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+    if args.update_doc:
+        update_doc(DOC, section)
+        print(f"updated {DOC}", flush=True)
+    shutil.rmtree(out / ".ref", ignore_errors=True)
+    write_manifest(out, config, started=started, extra={"entry_point": "kvlab.quant", "load_average": meta["load"]})
+    print(df[["scheme", "bytes_per_token", "capacity_tokens", "ppl_delta_pct", "kl_mean", "top1_agreement",
+              "greedy_match_tokens", "passkey_accuracy", "output_throughput"]].to_string(index=False), flush=True)
+    print(f"took {(time.time() - started) / 60:.1f} min", flush=True)
+    print(f"results: {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
