@@ -45,10 +45,10 @@ def resolve_api_key(srv: dict[str, Any]) -> str | None:
 def build_server(cfg: dict[str, Any]) -> tuple[Any, Any]:
     """(FastAPI app, AsyncEngine) for a resolved config; the engine thread is not started yet."""
     from kvlab.engine import LLMEngine
+    from kvlab.kv_quant_format import KVQuantConfig
     from kvlab.server.api import ServerOptions, create_app
     from kvlab.server.async_engine import AsyncEngine
     from kvlab.server.generate import Serving
-    from kvlab.kv_quant_format import KVQuantConfig
     from kvlab.server.prometheus import ServerMetrics
 
     srv = cfg.get("server") or {}
