@@ -43,6 +43,7 @@ class TritonMetadata:
     prefill_block_tables: torch.Tensor | None
     query_start_loc: torch.Tensor | None
     prefill_seq_lens: torch.Tensor | None
+    spans: list | None = None  # (start_pos, num_tokens, block_table) in flat order (kivi2's residual plan)
     max_decode_seq_len: int = 0  # host-known bounds: size the grids without a device sync per layer
     max_query_len: int = 0
 
@@ -80,6 +81,7 @@ class TritonBackend:
             qsl.append(qsl[-1] + n)
         return TritonMetadata(
             order=order,
+            spans=spans,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
             num_decodes=nd,
             decode_block_tables=i32(_padded_tables(dec, block_size)) if dec else None,
