@@ -185,7 +185,8 @@ def resolve_best(cfg: dict[str, Any], cli: list[str]) -> dict[str, Any]:
     from kvlab.server.best import best_overrides, pick_best
 
     b = cfg["best"]
-    best = pick_best(b["dir"], b.get("metric") or "output_throughput", b.get("mode") or "max")
+    best = pick_best(b["dir"], b.get("metric") or "output_throughput", b.get("mode") or "max",
+                     b.get("max_ppl_delta_pct"))
     print(best.summary(), flush=True)
     overrides = best_overrides(best, cli)
     print("serving with: " + " ".join(overrides), flush=True)
