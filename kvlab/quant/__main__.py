@@ -31,6 +31,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--out", type=Path, default=None, help="results dir (default results/quant/<mode>-<time>)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
     ap.add_argument("--passkey-lengths", default=None, help="comma-separated prompt lengths in tokens")
+    ap.add_argument("--ppl-contexts", type=int, default=None, help="perplexity contexts of 2048 tokens (full)")
     ap.add_argument("--update-doc", action="store_true", help=f"write the results section into {DOC.name}")
     return ap.parse_args(argv)
 
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     s = presets.quick() if args.quick else presets.full()
     if args.threads:
         s.threads = args.threads
+    if args.ppl_contexts:
+        s.ppl_num_contexts = args.ppl_contexts
     if args.passkey_lengths:
         s.passkey_lengths = [int(x) for x in args.passkey_lengths.split(",")]
     try:
@@ -67,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     OmegaConf.save(OmegaConf.create(config), out / "config.yaml")
     print(f"kvlab.quant ({mode}): {len(schemes)} schemes: {', '.join(schemes)}; results under {out}", flush=True)
 
-    from kvlab.quant.compare import compare
-
-    rows, meta = compare(schemes, s, out)
     from kvlab.manifest import cpu_info, write_manifest
+    from kvlab.quant.compare import compare
     from kvlab.quant.report import markdown, plot_all, update_doc, write_summary
+
+    rows, meta = compare(schemes, s, out, on_row=lambda r: write_summary(r, out))
 
     df = write_summary(rows, out)
     plot_all(df, out)

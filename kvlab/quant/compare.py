@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,6 @@ from kvlab.quant.schemes import BASELINE, scheme_overrides
 from kvlab.quant.serving import cpu_overrides, run_serving, shared_weights, sim_overrides
 from kvlab.quant.settings import Settings
 from kvlab.quant.text import eval_contexts, greedy_prompts, passkey_cases
-from kvlab.request import SamplingParams
 
 
 def scheme_config(scheme: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -49,14 +48,12 @@ def accuracy_row(engine: Any, scheme: str, s: Settings, inputs: dict[str, Any], 
         say(f"perplexity, context {j + 1}/{len(inputs['contexts'])} ({len(ids)} tokens, chunks of {s.ppl_chunk})")
         acc.score_context(engine, ids, s.ppl_chunk, score, ref_dir / f"ctx{j}.pt", is_ref)
     engine.scheduler.max_num_batched_tokens = s.prefill_budget
-    say(f"greedy, {len(inputs['greedy'])} prompts x {s.greedy_tokens} tokens")
-    greedy = acc.run_to_completion(engine, inputs["greedy"], SamplingParams(
-        max_tokens=s.greedy_tokens, temperature=0.0, ignore_eos=True))
+    say(f"greedy, {len(inputs['greedy'])} prompts x {s.greedy_tokens} tokens, with passkey, "
+        f"{len(inputs['passkey'])} prompts of {', '.join(map(str, s.passkey_lengths))} tokens")
+    greedy, hits = acc.generations(engine, inputs["greedy"], s.greedy_tokens, inputs["passkey"])
     if is_ref:
         ref["greedy"] = greedy
     match = acc.greedy_match(ref["greedy"], greedy)
-    say(f"passkey, {len(inputs['passkey'])} prompts of {', '.join(map(str, s.passkey_lengths))} tokens")
-    hits = acc.passkey_results(engine, inputs["passkey"])
     return {"ppl": score.ppl, "ppl_tokens": float(score.tokens),
             "kl_mean": score.kl / score.tokens if not is_ref else 0.0,
             "top1_agreement": score.top1_agree / score.tokens,
@@ -66,8 +63,14 @@ def accuracy_row(engine: Any, scheme: str, s: Settings, inputs: dict[str, Any], 
             "passkey_hits": ";".join(f"{c.length}@{c.depth}:{int(h)}" for c, h in zip(inputs["passkey"], hits))}
 
 
-def compare(schemes: Sequence[str], s: Settings, out: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run every scheme (``schemes[0]`` must be the baseline); rows for summary.csv and run metadata."""
+Row = dict[str, Any]
+
+
+def compare(schemes: Sequence[str], s: Settings, out: Path,
+            on_row: Callable[[list[Row]], None] | None = None) -> tuple[list[Row], dict[str, Any]]:
+    """Run every scheme (``schemes[0]`` must be the baseline); rows for summary.csv and run metadata.
+    ``on_row`` gets the rows so far after each scheme (the command rewrites summary.csv with them, so
+    an interrupted run keeps what it finished)."""
     if not schemes or schemes[0] != BASELINE:
         raise ValueError(f"the comparison needs {BASELINE!r} first (the reference), got {list(schemes)}")
     ref_dir = out / ".ref"
@@ -115,6 +118,8 @@ def compare(schemes: Sequence[str], s: Settings, out: Path) -> tuple[list[dict[s
             say(f"done: ppl {row['ppl']:.4f}, KL {row['kl_mean']:.2e}, {row['bytes_per_token']:.0f} B/token, "
                 f"{row['output_throughput']:.1f} tok/s CPU, {row['sim_output_throughput']:.0f} tok/s sim")
             rows.append(row)
+            if on_row is not None:
+                on_row(rows)
     meta["ppl_tokens"] = int(rows[0]["ppl_tokens"])
     meta["cpu_budget_bytes"] = int(ref["bytes_per_token"] * s.cpu_budget_tokens)
     return rows, meta
