@@ -29,6 +29,50 @@ def load_kv_tile(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs
 
 
 @triton.jit
+def load_kv_tile_q(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
+                   ks_ptr, vs_ptr, kz_ptr, vz_ptr, s_sb, s_ss, s_sh, s_sg,
+                   kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE: tl.constexpr, QUANT: tl.constexpr,
+                   GROUP: tl.constexpr):
+    """:func:`load_kv_tile` with the dequantization fused (``QUANT``: 0 none, 1 fp8 e4m3, 2 fp8 e5m2,
+    3 int8, 4 int4 packed two per byte, see :mod:`kvlab.kernels.quant.fused`). Returns fp32 tiles
+    (the cache dtype when ``QUANT`` is 0)."""
+    if QUANT == 0:
+        k, v = load_kv_tile(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
+                            kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE)
+    else:
+        block = tl.load(bt_row + (pos // BLOCK_SIZE) * s_btb, mask=n_mask, other=0).to(tl.int64)
+        row = (pos % BLOCK_SIZE).to(tl.int64)
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        if QUANT == 4:
+            col = offs_d // 2
+        else:
+            col = offs_d
+        kc = tl.load(k_ptr + block[:, None] * s_kb + row[:, None] * s_ks + kvh * s_kh + col[None, :] * s_kd,
+                     mask=kv_mask, other=0)
+        vc = tl.load(v_ptr + block[:, None] * s_vb + row[:, None] * s_vs + kvh * s_vh + col[None, :] * s_vd,
+                     mask=kv_mask, other=0)
+        soff = block[:, None] * s_sb + row[:, None] * s_ss + kvh * s_sh + (offs_d // GROUP)[None, :] * s_sg
+        ks = tl.load(ks_ptr + soff, mask=kv_mask, other=0.0)
+        vs = tl.load(vs_ptr + soff, mask=kv_mask, other=0.0)
+        if QUANT == 1:
+            k = kc.to(tl.float8e4nv, bitcast=True).to(tl.float32) * ks
+            v = vc.to(tl.float8e4nv, bitcast=True).to(tl.float32) * vs
+        elif QUANT == 2:
+            k = kc.to(tl.float8e5, bitcast=True).to(tl.float32) * ks
+            v = vc.to(tl.float8e5, bitcast=True).to(tl.float32) * vs
+        elif QUANT == 3:
+            k = kc.to(tl.int8, bitcast=True).to(tl.float32) * ks
+            v = vc.to(tl.int8, bitcast=True).to(tl.float32) * vs
+        else:
+            shift = ((offs_d % 2) * 4)[None, :]
+            kz = tl.load(kz_ptr + soff, mask=kv_mask, other=0.0)
+            vz = tl.load(vz_ptr + soff, mask=kv_mask, other=0.0)
+            k = ((kc.to(tl.int32) >> shift) & 15).to(tl.float32) * ks + kz
+            v = ((vc.to(tl.int32) >> shift) & 15).to(tl.float32) * vs + vz
+    return k, v
+
+
+@triton.jit
 def attend_tile(q, k, v, visible, qk_scale, m_i, l_i, acc, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     """One online-softmax step (base 2, fp32 state): scores of ``q`` [M, D] against the tile's ``k``
     [N, D], ``visible`` [M, N] (or broadcastable) masking the rest, then ``p @ v`` into ``acc``.

@@ -16,12 +16,30 @@ from kvlab.kernels.quant import register_scheme
 from kvlab.kernels.quant.base import TokenwiseScheme
 
 FP8 = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+# (smallest normal exponent, mantissa bits) of each format
+FP8_BITS = {torch.float8_e4m3fn: (-6, 3), torch.float8_e5m2: (-14, 2)}
+
+
+def round_to_fp8_grid(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Round fp32 ``y`` to the nearest value of the fp8 format (ties toward +inf), in fp32.
+
+    Done explicitly, with the same integer/power-of-two arithmetic as the Triton write kernel, so
+    both give identical bits (the Triton interpreter's own fp32->fp8 cast drops the carry when
+    rounding crosses a power of two). The grid step is ``2^(max(exponent, emin) - mantissa_bits)``;
+    every operation is exact but the final ``floor``.
+    """
+    emin, mbits = FP8_BITS[dtype]
+    e = ((y.view(torch.int32) >> 23) & 255) - 127
+    step = (((torch.clamp(e, min=emin) - mbits + 127) << 23).to(torch.int32)).view(torch.float32)
+    fmax = torch.finfo(dtype).max
+    return (torch.floor(y / step + 0.5) * step).clamp_(-fmax, fmax)
 
 
 def quantize_fp8(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """x [..., h, d] / scale [h] -> fp8 bits as uint8 (saturating)."""
+    """x [..., h, d] / scale [h] -> fp8 bits as uint8 (saturating at the format's maximum)."""
     fmax = torch.finfo(dtype).max
-    return (x / scale[:, None]).clamp_(-fmax, fmax).to(dtype).view(torch.uint8)
+    y = (x / scale[:, None]).clamp_(-fmax, fmax).contiguous()
+    return round_to_fp8_grid(y, dtype).to(dtype).view(torch.uint8)
 
 
 def dequantize_fp8(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -21,7 +21,7 @@ def quantize_groups(x: torch.Tensor, group: int, levels: int) -> tuple[torch.Ten
     mn, mx = g.amin(-1), g.amax(-1)
     scale = (mx - mn) / (levels - 1)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round((g - mn[..., None]) / safe[..., None]).clamp_(0, levels - 1).to(torch.uint8)
+    codes = torch.floor((g - mn[..., None]) / safe[..., None] + 0.5).clamp_(0, levels - 1).to(torch.uint8)
     return codes.flatten(-2), scale, mn
 
 

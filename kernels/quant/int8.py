@@ -18,7 +18,7 @@ def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., d] -> (codes int8 [..., d], scale fp32 [...])."""
     scale = x.abs().amax(-1) / QMAX
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round(x / safe[..., None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    codes = torch.floor(x / safe[..., None] + 0.5).clamp_(-QMAX, QMAX).to(torch.int8)
     return codes, scale
 
 

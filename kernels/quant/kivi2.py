@@ -49,7 +49,7 @@ def quantize_keys(x: torch.Tensor, gk: int) -> tuple[torch.Tensor, torch.Tensor,
     mn, mx = g.amin(2), g.amax(2)
     scale = (mx - mn) / (LEVELS - 1)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round((g - mn[:, :, None]) / safe[:, :, None]).clamp_(0, LEVELS - 1).to(torch.uint8)
+    codes = torch.floor((g - mn[:, :, None]) / safe[:, :, None] + 0.5).clamp_(0, LEVELS - 1).to(torch.uint8)
     return codes.view(n, B, h, d), scale, mn
 
 
