@@ -32,6 +32,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
     ap.add_argument("--passkey-lengths", default=None, help="comma-separated prompt lengths in tokens")
     ap.add_argument("--ppl-contexts", type=int, default=None, help="perplexity contexts of 2048 tokens (full)")
+    ap.add_argument("--report-from", type=Path, nargs="+", default=None,
+                    help="no runs: merge the summary.csv of these results dirs (first wins per scheme) into --out")
     ap.add_argument("--update-doc", action="store_true", help=f"write the results section into {DOC.name}")
     return ap.parse_args(argv)
 
@@ -43,8 +45,51 @@ def _load() -> str:
         return "n/a"
 
 
+def report_from(dirs: list[Path], out: Path, update: bool) -> int:
+    """Merge finished comparisons (e.g. two processes that ran different schemes against the same
+    baseline) into one summary, plots and results section."""
+    import pandas as pd
+
+    from kvlab.quant.report import markdown, plot_all, update_doc, write_summary
+    from kvlab.quant.schemes import available_schemes
+
+    frames = [pd.read_csv(d / "summary.csv") for d in dirs]
+    base = [f.set_index("scheme")["ppl"].get("none") for f in frames]
+    if any(b is None or abs(b / base[0] - 1) > 1e-6 for b in base):
+        raise ValueError("--report-from: the runs do not share one baseline (their 'none' perplexities "
+                         f"differ: {base}); merge only runs of the same settings and text")
+    df = pd.concat(frames).drop_duplicates("scheme", keep="first")
+    rank = {n: i for i, n in enumerate(available_schemes())}
+    df = df.sort_values("scheme", key=lambda c: c.map(lambda n: rank.get(n, len(rank))))
+    out.mkdir(parents=True, exist_ok=True)
+    df = write_summary(df.to_dict("records"), out)
+    plot_all(df, out)
+    metas = [json.loads((d / "meta.json").read_text()) for d in dirs if (d / "meta.json").is_file()]
+    meta = dict(metas[0]) if metas else {}
+    if len(metas) > 1:
+        meta["load"] = "; ".join(f"{d.name}: {m.get('load')}" for d, m in zip(dirs, metas))
+        meta["command"] = meta.get("command", "python -m kvlab.quant") + " (merged from " + ", ".join(
+            d.name for d in dirs) + ")"
+    section = markdown(df, meta)
+    (out / "summary.md").write_text(section)
+    if update:
+        update_doc(DOC, section)
+        print(f"updated {DOC}", flush=True)
+    print(f"results: {out}", flush=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    if args.report_from:
+        if args.out is None:
+            print("error: --report-from needs --out", file=sys.stderr)
+            return 2
+        try:
+            return report_from(args.report_from, args.out, args.update_doc)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     from kvlab.quant.schemes import select_schemes
 
     s = presets.quick() if args.quick else presets.full()

@@ -116,3 +116,27 @@ def test_markdown_reports_targets_and_update_doc(tmp_path: Path) -> None:
     doc.write_text("no markers")
     with pytest.raises(ValueError, match="markers"):
         report.update_doc(doc, md)
+
+
+def _fake_run(d: Path, rows: list[dict]) -> Path:
+    d.mkdir()
+    base = {"bytes_per_token": 1.0, "capacity_tokens": 1.0, "kl_mean": 0.0, "top1_agreement": 1.0,
+            "greedy_match_tokens": 4.0, "passkey_accuracy": 1.0, "output_throughput": 1.0, "max_batch": 1.0}
+    pd.DataFrame([{**base, **r} for r in rows]).to_csv(d / "summary.csv", index=False)
+    return d
+
+
+def test_report_from_merges_runs_of_one_baseline(tmp_path: Path) -> None:
+    from kvlab.quant.__main__ import main
+
+    a = _fake_run(tmp_path / "a", [{"scheme": "none", "ppl": 20.0, "bytes_per_token": 4.0},
+                                   {"scheme": "int8", "ppl": 20.1, "bytes_per_token": 1.1}])
+    b = _fake_run(tmp_path / "b", [{"scheme": "none", "ppl": 20.0, "bytes_per_token": 4.0},
+                                   {"scheme": "int8", "ppl": 99.0}, {"scheme": "fp8_e4m3", "ppl": 20.05}])
+    assert main(["--report-from", str(a), str(b), "--out", str(tmp_path / "m")]) == 0
+    df = pd.read_csv(tmp_path / "m" / "summary.csv")
+    assert df["scheme"].tolist() == ["none", "fp8_e4m3", "int8"]  # known order; the first run wins for int8
+    assert df.set_index("scheme")["ppl_delta_pct"].to_dict() == pytest.approx(
+        {"none": 0.0, "fp8_e4m3": 0.25, "int8": 0.5})
+    c = _fake_run(tmp_path / "c", [{"scheme": "none", "ppl": 21.0}])
+    assert main(["--report-from", str(a), str(c), "--out", str(tmp_path / "n")]) == 2  # different baselines
