@@ -75,7 +75,7 @@ def _decode_kernel(
         n_mask = pos < hi
         k, v = load_kv_tile_q(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
                               ks_ptr, vs_ptr, kz_ptr, vz_ptr, s_sb, s_ss, s_sh, s_sg,
-                              kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE, QUANT, GROUP)
+                              kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE, QUANT, GROUP, HEAD_DIM)
         m_i, l_i, acc = attend_tile(q, k, v, n_mask[None, :], qk_scale, m_i, l_i, acc, DOT_F32, DOT_PREC)
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)
@@ -149,8 +149,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         out: optional [N, H, D] output tensor (written in place and returned).
         max_seq_len: a host-side upper bound on ``seq_lens`` (sizes the splits without a device
             sync); default ``max_blocks * block_size``. Must not be below any ``seq_lens``.
-        block_n: positions per tile (power of two >= 16); default 64 (32 for fp32 dots on a GPU,
-            128 under the interpreter).
+        block_n: positions per tile (power of two >= 16); default 64 (32 for fp32 dots or a
+            quantized cache on a GPU, 128 under the interpreter).
         quant: a quantized cache's scales (:func:`kvlab.kernels.quant.fused.fused_args`): the caches
             then hold codes (uint8; int4 packs two per byte) and are dequantized inside the kernel.
     Returns:
@@ -174,9 +174,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if num_splits is None:
         num_splits = choose_num_splits(bound, N, kvh, num_sms(dev))
     check(isinstance(num_splits, int) and num_splits >= 1, f"num_splits must be an int >= 1, got {num_splits!r}")
-    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype if quant is None else torch.float32)
+    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype if quant is None else q.dtype)
     if block_n is None:  # fewer, bigger tiles in the interpreter; fp32 dots on a GPU need smaller ones
-        block_n = 128 if dev.type != "cuda" else (32 if dot_f32 else 64)
+        block_n = 128 if dev.type != "cuda" else (32 if dot_f32 or quant is not None else 64)
     check(block_n >= 16 and block_n & (block_n - 1) == 0, f"block_n must be a power of two >= 16, got {block_n}")
     split_len = triton.cdiv(triton.cdiv(bound, num_splits), block_n) * block_n
     num_splits = triton.cdiv(bound, split_len)  # drop splits that would always be empty

@@ -72,6 +72,7 @@ class KVSpec:
     data_dtype: torch.dtype | None = None  # stored element type (None = ``dtype``; quantized: uint8)
     data_dim: int | None = None  # stored elements per head and token (None = ``head_dim``; packed: less)
     quant: Any = None  # a kvlab.kv_quant_format.KVQuantConfig, or None = unquantized
+    scheme_cls: Any = None  # the kvlab.kernels.quant scheme class KVCache instantiates (None = unquantized)
 
     @property
     def storage_dtype(self) -> torch.dtype:
@@ -159,10 +160,8 @@ class KVCache:
             self.cpu_metadata = {m.name: torch.zeros(m.tensor_shape(L, num_cpu_blocks), dtype=m.dtype,
                                                      pin_memory=pin) for m in spec.metadata}
         self.scheme: Any = None
-        if spec.quant is not None and spec.quant.name != "none":
-            from kvlab.kernels.quant import build_scheme
-
-            self.scheme = build_scheme(spec)
+        if spec.scheme_cls is not None:  # set by kvlab.kernels.quant.make_spec (no import from here: no cycle)
+            self.scheme = spec.scheme_cls(spec)
             self.scheme.attach(self)
 
         def parts(t: torch.Tensor, name: str, i: int) -> tuple[torch.Tensor, torch.Tensor]:

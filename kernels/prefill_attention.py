@@ -75,7 +75,7 @@ def _prefill_kernel(
         n_mask = pos < hi
         k, v = load_kv_tile_q(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
                               ks_ptr, vs_ptr, kz_ptr, vz_ptr, s_sb, s_ss, s_sh, s_sg,
-                              kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE, QUANT, GROUP)
+                              kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE, QUANT, GROUP, HEAD_DIM)
         visible = n_mask[None, :] & (pos[None, :] <= q_pos[:, None])
         m_i, l_i, acc = attend_tile(q, k, v, visible, qk_scale, m_i, l_i, acc, DOT_F32, DOT_PREC)
 
@@ -127,7 +127,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     if T == 0 or S == 0 or max_q == 0:
         return out
     G = H // kvh
-    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype if quant is None else torch.float32)
+    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype if quant is None else q.dtype)
     small = dot_f32 and dev.type == "cuda"  # fp32 tiles: 32 x 32 keeps 8 warps from spilling registers
     if block_m is None:
         block_m = 32 if small else 64

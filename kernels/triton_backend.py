@@ -104,6 +104,8 @@ class TritonBackend:
         quant = fused_args(layer)
         d = k.shape[-1]
         if quant is not None and (quant.mode != 4 or (d & (d - 1) == 0 and quant.group & (quant.group - 1) == 0)):
+            if hasattr(layer.scheme, "maybe_calibrate"):  # fp8 scale: calibrated (first write of a layer)
+                layer.scheme.maybe_calibrate(layer.index, k, v)
             write_kv_quant_triton(k, v, layer.k, layer.v, meta.slot_mapping, quant)
         else:
             layer.scheme.write(layer, k, v, meta.slot_mapping, meta)

@@ -54,7 +54,8 @@ def make_spec(num_layers: int, num_kv_heads: int, head_dim: int, block_size: int
         return KVSpec(num_layers, num_kv_heads, head_dim, block_size, dtype)
     cls = get_scheme_class(q.name)
     data_dtype, data_dim, metadata = cls.layout(q, num_kv_heads, head_dim, block_size)
-    return KVSpec(num_layers, num_kv_heads, head_dim, block_size, dtype, tuple(metadata), data_dtype, data_dim, q)
+    return KVSpec(num_layers, num_kv_heads, head_dim, block_size, dtype, tuple(metadata), data_dtype, data_dim, q,
+                  cls)
 
 
 def build_scheme(spec: KVSpec) -> QuantScheme:

@@ -75,6 +75,13 @@ class FP8Scheme(TokenwiseScheme):
             self._calibrate(x, layer, half)
         return quantize_fp8(x, self.scales[layer, half], self.fp8), {}
 
+    def maybe_calibrate(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """``scale: calibrated``: set layer ``layer``'s scales from this first write (the fused Triton
+        write calls this before quantizing; the torch write does it in :meth:`quantize`)."""
+        if self.calibrate and not self.calibrated[layer] and k.shape[0] > 0:
+            self._calibrate(k.float(), layer, 0)
+            self._calibrate(v.float(), layer, 1)
+
     def _calibrate(self, x: torch.Tensor, layer: int, half: int) -> None:
         assert self.scales is not None
         amax = x.abs().amax(dim=(0, 2))

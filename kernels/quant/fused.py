@@ -46,6 +46,8 @@ def fused_args(layer: LayerKV) -> FusedQuant | None:
     ks, vs = layer.metadata["scale"]
     if mode == 3:
         return FusedQuant(mode, ks, vs, ks, vs, (*ks.stride(), 0), 1)
+    if scheme.group & (scheme.group - 1):
+        return None  # the fused int4 tile splits head_dim into power-of-two groups
     kz, vz = layer.metadata["zero"]
     assert kz.stride() == ks.stride()
     return FusedQuant(mode, ks, vs, kz, vz, tuple(ks.stride()), scheme.group)

@@ -13,8 +13,8 @@ import os
 
 import pytest
 import torch
-
 from kvlab.kernels.torch_backend import TorchBackend
+
 from tests.quant_schemes.helpers import QUANTIZED, cache_for
 
 TRITON_OK = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
@@ -25,6 +25,8 @@ PRIOR = [(0, 5, [1, 6]), (0, 4, [2, 5])]  # the cached context of the decode and
 
 
 def quant_of(scheme: str):
+    if scheme == "fp8_e5m2":  # one fp8 format runs with calibrated scales
+        return {"name": "fp8_e5m2", "scale": "calibrated"}
     return {"name": "kivi2", "group_size": 4, "residual": 2} if scheme == "kivi2" else scheme
 
 
@@ -53,6 +55,9 @@ def test_triton_write_decode_prefill_match_torch(scheme: str) -> None:
     for name, t in ref_cache.metadata.items():
         assert torch.equal(t, tri_cache.metadata[name]), name
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
+    if scheme == "fp8_e5m2":
+        assert not torch.all(ref_cache.scheme.scales == 1.0)  # calibrated, the same in both
+        assert torch.equal(ref_cache.scheme.scales, tri_cache.scheme.scales)
 
 
 def test_fused_read_really_dequantizes() -> None:
