@@ -64,8 +64,8 @@ def report_from(dirs: list[Path], out: Path, update: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
     df = write_summary(df.to_dict("records"), out)
     plot_all(df, out)
-    metas = [json.loads((d / "meta.json").read_text()) for d in dirs if (d / "meta.json").is_file()]
-    meta = dict(metas[0]) if metas else {}
+    metas = [_meta_of(d, df) for d in dirs]
+    meta = dict(metas[0])
     if len(metas) > 1:
         meta["load"] = "; ".join(f"{d.name}: {m.get('load')}" for d, m in zip(dirs, metas))
         meta["command"] = meta.get("command", "python -m kvlab.quant") + " (merged from " + ", ".join(
@@ -75,8 +75,32 @@ def report_from(dirs: list[Path], out: Path, update: bool) -> int:
     if update:
         update_doc(DOC, section)
         print(f"updated {DOC}", flush=True)
+    from kvlab.manifest import write_manifest
+
+    write_manifest(out, {"report_from": [str(d) for d in dirs], "schemes": df["scheme"].tolist()},
+                   extra={"entry_point": "kvlab.quant --report-from", "load_average": meta.get("load")})
     print(f"results: {out}", flush=True)
     return 0
+
+
+def _meta_of(d: Path, df: object) -> dict:
+    """A run's meta.json, or (a run stopped before its end wrote it) one rebuilt from its
+    config.yaml and summary, saying so."""
+    if (d / "meta.json").is_file():
+        return json.loads((d / "meta.json").read_text())
+    import yaml
+
+    from kvlab.manifest import cpu_info
+    from kvlab.quant.text import eval_text_sources
+
+    cfg = yaml.safe_load((d / "config.yaml").read_text()) if (d / "config.yaml").is_file() else {}
+    summary = __import__("pandas").read_csv(d / "summary.csv")
+    return {"mode": f"{cfg.get('mode', '?')}, stopped after {len(summary)} schemes",
+            "date": time.strftime("%Y-%m-%d", time.gmtime((d / "summary.csv").stat().st_mtime)),
+            "load": f"{_load()} when the report was made", "cpu": cpu_info().get("model") or "this CPU",
+            "text": ", ".join(p.name for p in eval_text_sources()),
+            "ppl_tokens": int(summary["ppl_tokens"].iloc[0]) if "ppl_tokens" in summary else "?",
+            "command": "python -m kvlab.quant", "sim": f"{cfg.get('sim_model')} on {cfg.get('sim_hardware')}"}
 
 
 def main(argv: list[str] | None = None) -> int:
