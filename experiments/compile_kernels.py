@@ -28,6 +28,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+# the quantized-cache arguments (kvlab.kernels.quant.fused): unquantized variants pass QUANT=0
+QPTR = {n: "*fp32" for n in ("ks_ptr", "vs_ptr", "kz_ptr", "vz_ptr")}
+QUANT_MODES = {"int8": 3, "int4": 4, "fp8_e4m3": 1}
 
 
 def variants(quick: bool = False) -> list[tuple[str, object, dict, dict]]:
@@ -38,22 +41,38 @@ def variants(quick: bool = False) -> list[tuple[str, object, dict, dict]]:
             for g in (4,) if quick else (1, 8):
                 for split in (False,) if quick else (False, True):
                     ptrs = {n: PTR[dt] for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
-                    ptrs |= {"bt_ptr": "*i32", "lens_ptr": "*i32", "part_ptr": "*fp32", "lse_ptr": "*fp32"}
+                    ptrs |= {"bt_ptr": "*i32", "lens_ptr": "*i32", "part_ptr": "*fp32", "lse_ptr": "*fp32"} | QPTR
                     const = dict(G=g, HEAD_DIM=128, BLOCK_SIZE=bs, BLOCK_G=max(16, g), BLOCK_D=128,
                                  BLOCK_N=32 if dt == "fp32" else 64,
-                                 SPLIT=split, DOT_F32=dt == "fp32", DOT_PREC="tf32x3")
+                                 SPLIT=split, DOT_F32=dt == "fp32", DOT_PREC="tf32x3", QUANT=0, GROUP=1)
                     out.append((f"decode {dt} bs{bs} G{g} split={split}", decode_attention._decode_kernel, ptrs, const))
         ptrs = {n: PTR[dt] for n in ("q_ptr", "k_ptr", "v_ptr", "out_ptr")}
-        ptrs |= {"bt_ptr": "*i32", "qsl_ptr": "*i32", "lens_ptr": "*i32"}
+        ptrs |= {"bt_ptr": "*i32", "qsl_ptr": "*i32", "lens_ptr": "*i32"} | QPTR
         tile = 32 if dt == "fp32" else 64  # the launcher's defaults
         const = dict(G=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_M=tile, BLOCK_D=128, BLOCK_N=tile, DOT_F32=dt == "fp32",
-                     DOT_PREC="tf32x3")
+                     DOT_PREC="tf32x3", QUANT=0, GROUP=1)
         out.append((f"prefill {dt} G4", prefill_attention._prefill_kernel, ptrs, const | {"num_warps": 8}))
         if quick:
             return out
         ptrs = {"k_ptr": "*fp32", "v_ptr": "*fp32", "kc_ptr": PTR[dt], "vc_ptr": PTR[dt], "slot_ptr": "*i64"}
         const = dict(KV_HEADS=8, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_H=8, BLOCK_D=128)
         out.append((f"write_kv fp32->{dt}", write_kv_triton._write_kv_kernel, ptrs, const))
+    for name, mode in QUANT_MODES.items():  # fused dequant (tiles cast to bf16 for the dots) and quantizing write
+        group = 32 if mode == 4 else 1
+        ptrs = {n: "*bf16" for n in ("q_ptr", "out_ptr")} | {"k_ptr": "*u8", "v_ptr": "*u8"} | QPTR
+        ptrs |= {"bt_ptr": "*i32", "lens_ptr": "*i32", "part_ptr": "*fp32", "lse_ptr": "*fp32"}
+        const = dict(G=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_G=16, BLOCK_D=128, BLOCK_N=32, SPLIT=False,
+                     DOT_F32=False, DOT_PREC="ieee", QUANT=mode, GROUP=group)
+        out.append((f"decode {name} bs16 G4 split=False", decode_attention._decode_kernel, ptrs, const))
+        ptrs = {n: "*bf16" for n in ("q_ptr", "out_ptr")} | {"k_ptr": "*u8", "v_ptr": "*u8"} | QPTR
+        ptrs |= {"bt_ptr": "*i32", "qsl_ptr": "*i32", "lens_ptr": "*i32"}
+        const = dict(G=4, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_M=64, BLOCK_D=128, BLOCK_N=64, DOT_F32=False,
+                     DOT_PREC="ieee", QUANT=mode, GROUP=group)
+        out.append((f"prefill {name} G4", prefill_attention._prefill_kernel, ptrs, const | {"num_warps": 8}))
+        ptrs = {"k_ptr": "*bf16", "v_ptr": "*bf16", "kc_ptr": "*u8", "vc_ptr": "*u8", "slot_ptr": "*i64"} | QPTR
+        const = dict(KV_HEADS=8, HEAD_DIM=128, BLOCK_SIZE=16, BLOCK_H=8, BLOCK_D=128, QUANT=mode, GROUP=group,
+                     FMAX=448.0 if mode == 1 else 0.0)
+        out.append((f"write_kv bf16->{name}", write_kv_triton._write_kv_quant_kernel, ptrs, const))
     out.append(("decode reduce", decode_attention._reduce_kernel,
                 {"part_ptr": "*fp32", "lse_ptr": "*fp32", "out_ptr": "*bf16"},
                 dict(HEAD_DIM=128, BLOCK_D=128, BLOCK_S=32)))

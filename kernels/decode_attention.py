@@ -21,8 +21,9 @@ import math
 import torch
 import triton
 import triton.language as tl
-from kvlab.kernels.paged_tile import attend_tile, load_kv_tile
-from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_mode, next_pow2, num_sms
+from kvlab.kernels.paged_tile import attend_tile, load_kv_tile_q
+from kvlab.kernels.quant.fused import FusedQuant
+from kvlab.kernels.triton_utils import check, check_quant_caches, check_tensor, dot_mode, next_pow2, num_sms
 
 LOG2E = 1.4426950408889634
 MIN_TOKENS_PER_SPLIT = 256
@@ -33,6 +34,7 @@ PROGRAMS_PER_SM = 4  # no K/V reuse across programs: occupancy hides load latenc
 @triton.jit
 def _decode_kernel(
     q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, part_ptr, lse_ptr,
+    ks_ptr, vs_ptr, kz_ptr, vz_ptr, s_sb, s_ss, s_sh, s_sg,
     qk_scale, split_len,
     s_qn, s_qh, s_qd,
     s_kb, s_ks, s_kh, s_kd,
@@ -44,6 +46,7 @@ def _decode_kernel(
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     SPLIT: tl.constexpr, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+    QUANT: tl.constexpr = 0, GROUP: tl.constexpr = 1,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -70,8 +73,9 @@ def _decode_kernel(
     for start in range(lo, hi, BLOCK_N):
         pos = start + offs_n
         n_mask = pos < hi
-        k, v = load_kv_tile(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
-                            kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE)
+        k, v = load_kv_tile_q(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
+                              ks_ptr, vs_ptr, kz_ptr, vz_ptr, s_sb, s_ss, s_sh, s_sg,
+                              kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE, QUANT, GROUP, HEAD_DIM)
         m_i, l_i, acc = attend_tile(q, k, v, n_mask[None, :], qk_scale, m_i, l_i, acc, DOT_F32, DOT_PREC)
 
     safe_l = tl.where(l_i > 0, l_i, 1.0)
@@ -130,7 +134,8 @@ def choose_num_splits(max_seq_len: int, num_seqs: int, num_kv_heads: int, num_sm
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
                      seq_lens: torch.Tensor, scale: float, *, num_splits: int | None = None,
                      out: torch.Tensor | None = None, max_seq_len: int | None = None,
-                     block_n: int | None = None, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                     block_n: int | None = None, num_warps: int = 4, num_stages: int = 2,
+                     quant: FusedQuant | None = None) -> torch.Tensor:
     """Attention of one new token per sequence over its paged context. Pure except for ``out``.
 
     Args:
@@ -144,12 +149,14 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         out: optional [N, H, D] output tensor (written in place and returned).
         max_seq_len: a host-side upper bound on ``seq_lens`` (sizes the splits without a device
             sync); default ``max_blocks * block_size``. Must not be below any ``seq_lens``.
-        block_n: positions per tile (power of two >= 16); default 64 (32 for fp32 dots on a GPU,
-            128 under the interpreter).
+        block_n: positions per tile (power of two >= 16); default 64 (32 for fp32 dots or a
+            quantized cache on a GPU, 128 under the interpreter).
+        quant: a quantized cache's scales (:func:`kvlab.kernels.quant.fused.fused_args`): the caches
+            then hold codes (uint8; int4 packs two per byte) and are dequantized inside the kernel.
     Returns:
         [N, H, D] in ``q.dtype``.
     """
-    check_attention_caches(q, k_cache, v_cache)
+    check_quant_caches(q, k_cache, v_cache, quant)
     dev = q.device
     check_tensor("block_tables", block_tables, 2, dev, (torch.int32,))
     check_tensor("seq_lens", seq_lens, 1, dev, (torch.int32,))
@@ -167,27 +174,29 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if num_splits is None:
         num_splits = choose_num_splits(bound, N, kvh, num_sms(dev))
     check(isinstance(num_splits, int) and num_splits >= 1, f"num_splits must be an int >= 1, got {num_splits!r}")
-    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype)
+    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype if quant is None else q.dtype)
     if block_n is None:  # fewer, bigger tiles in the interpreter; fp32 dots on a GPU need smaller ones
-        block_n = 128 if dev.type != "cuda" else (32 if dot_f32 else 64)
+        block_n = 128 if dev.type != "cuda" else (32 if dot_f32 or quant is not None else 64)
     check(block_n >= 16 and block_n & (block_n - 1) == 0, f"block_n must be a power of two >= 16, got {block_n}")
     split_len = triton.cdiv(triton.cdiv(bound, num_splits), block_n) * block_n
     num_splits = triton.cdiv(bound, split_len)  # drop splits that would always be empty
     G = H // kvh
     common = dict(G=G, HEAD_DIM=D, BLOCK_SIZE=block_size, BLOCK_G=max(16, next_pow2(G)),
                   BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, DOT_F32=dot_f32, DOT_PREC=dot_prec,
+                  QUANT=quant.mode if quant else 0, GROUP=quant.group if quant else 1,
                   num_warps=num_warps, num_stages=num_stages)
+    qargs = quant.args() if quant else (k_cache, v_cache, k_cache, v_cache, 0, 0, 0, 0)
     qk_scale = float(scale) * LOG2E
     if num_splits == 1:
         _decode_kernel[(N, kvh, 1)](
-            q, k_cache, v_cache, block_tables, seq_lens, out, out, out, qk_scale, split_len,
+            q, k_cache, v_cache, block_tables, seq_lens, out, out, out, *qargs, qk_scale, split_len,
             *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride(),
             0, 0, 0, 0, 0, 0, 0, SPLIT=False, **common)
         return out
     part = torch.empty((N, H, num_splits, D), dtype=torch.float32, device=dev)
     lse = torch.empty((N, H, num_splits), dtype=torch.float32, device=dev)
     _decode_kernel[(N, kvh, num_splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, part, lse, qk_scale, split_len,
+        q, k_cache, v_cache, block_tables, seq_lens, out, part, lse, *qargs, qk_scale, split_len,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride(),
         *part.stride(), *lse.stride(), SPLIT=True, **common)
     _reduce_kernel[(N, H)](

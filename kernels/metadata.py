@@ -47,6 +47,7 @@ class AttentionMetadata:
     decode_mask: torch.Tensor | None
     chunks: list[ChunkMeta]
     order: list[int] = field(default_factory=list)  # flat order -> index in the backend's input
+    spans: list = field(default_factory=list)  # (start_pos, num_tokens, block_table) in flat order
 
 
 def decodes_first(seqs: Sequence[tuple[int, int, Sequence[int]]]) -> tuple[list[int], int]:
@@ -96,6 +97,7 @@ def build_metadata(seqs: Sequence[tuple[int, int, Sequence[int]]], num_decodes: 
         chunks.append(ChunkMeta(offset, n, start, ctx, blocks, mask))
         offset += n
     return AttentionMetadata(
+        spans=list(seqs),
         block_size=B,
         slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
         num_decodes=num_decodes,

@@ -9,9 +9,15 @@ start position.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from kvlab.kernels.metadata import AttentionMetadata
+
+# read(blocks [..., n] long, half 0=K|1=V) -> [..., n * block_size, kv_heads, head_dim] (a quantized
+# format's dequantizing gather, :meth:`kvlab.kernels.quant.base.QuantScheme.read`)
+ReadFn = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
@@ -21,26 +27,30 @@ def _gather(cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
 
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                    meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                    meta: AttentionMetadata, scale: float, read: ReadFn | None = None) -> torch.Tensor:
     """Attention of ``q`` [tokens, heads, head_dim] over one layer's paged caches
     ([num_blocks, block_size, kv_heads, head_dim]); returns [tokens, heads, head_dim].
 
-    The new tokens' K/V must already be in the cache (``write_kv`` first). Pure: no mutation.
+    ``read`` replaces the plain block gather for a quantized cache (dequantize on read). The new
+    tokens' K/V must already be in the cache (``write_kv`` first). Pure: no mutation.
     """
+    if read is None:
+        def read(blocks: torch.Tensor, half: int) -> torch.Tensor:
+            return _gather(k_cache if half == 0 else v_cache, blocks)
     T, H, D = q.shape
     kvh = k_cache.shape[2]
     g = H // kvh
     out = torch.empty_like(q)
     nd = meta.num_decodes
     if nd:
-        k = _gather(k_cache, meta.decode_block_tables).transpose(1, 2)  # [nd, kvh, C, hd]
-        v = _gather(v_cache, meta.decode_block_tables).transpose(1, 2)
+        k = read(meta.decode_block_tables, 0).transpose(1, 2)  # [nd, kvh, C, hd]
+        v = read(meta.decode_block_tables, 1).transpose(1, 2)
         qd = q[:nd].view(nd, kvh, g, D).to(k.dtype)
         o = F.scaled_dot_product_attention(qd, k, v, attn_mask=meta.decode_mask, scale=scale)
         out[:nd] = o.reshape(nd, H, D)
     for c in meta.chunks:
-        k = _gather(k_cache, c.blocks)[: c.context_len].transpose(0, 1)  # [kvh, ctx, hd]
-        v = _gather(v_cache, c.blocks)[: c.context_len].transpose(0, 1)
+        k = read(c.blocks, 0)[: c.context_len].transpose(0, 1)  # [kvh, ctx, hd]
+        v = read(c.blocks, 1)[: c.context_len].transpose(0, 1)
         qc = q[c.offset: c.offset + c.num_tokens].transpose(0, 1).to(k.dtype)  # [H, n, hd]
         o = F.scaled_dot_product_attention(
             qc, k, v, attn_mask=c.mask, is_causal=c.mask is None, scale=scale, enable_gqa=g > 1

@@ -21,15 +21,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from kvlab.kernels.paged_tile import attend_tile, load_kv_tile
-from kvlab.kernels.triton_utils import check, check_attention_caches, check_tensor, dot_mode, next_pow2
+from kvlab.kernels.paged_tile import attend_tile, load_kv_tile_q
+from kvlab.kernels.quant.fused import FusedQuant
+from kvlab.kernels.triton_utils import check, check_quant_caches, check_tensor, dot_mode, next_pow2
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_ptr, v_ptr, bt_ptr, qsl_ptr, lens_ptr, out_ptr, qk_scale,
+    q_ptr, k_ptr, v_ptr, bt_ptr, qsl_ptr, lens_ptr, out_ptr,
+    ks_ptr, vs_ptr, kz_ptr, vz_ptr, s_sb, s_ss, s_sh, s_sg, qk_scale,
     s_qt, s_qh, s_qd,
     s_kb, s_ks, s_kh, s_kd,
     s_vb, s_vs, s_vh, s_vd,
@@ -37,7 +39,7 @@ def _prefill_kernel(
     s_ot, s_oh, s_od,
     G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+    DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr, QUANT: tl.constexpr = 0, GROUP: tl.constexpr = 1,
 ):
     tile = tl.program_id(0)
     seq = tl.program_id(1)
@@ -71,8 +73,9 @@ def _prefill_kernel(
     for start in range(0, hi, BLOCK_N):
         pos = start + offs_n
         n_mask = pos < hi
-        k, v = load_kv_tile(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
-                            kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE)
+        k, v = load_kv_tile_q(bt_row, s_btb, k_ptr, v_ptr, s_kb, s_ks, s_kh, s_kd, s_vb, s_vs, s_vh, s_vd,
+                              ks_ptr, vs_ptr, kz_ptr, vz_ptr, s_sb, s_ss, s_sh, s_sg,
+                              kvh, pos, n_mask, offs_d, d_mask, BLOCK_SIZE, QUANT, GROUP, HEAD_DIM)
         visible = n_mask[None, :] & (pos[None, :] <= q_pos[:, None])
         m_i, l_i, acc = attend_tile(q, k, v, visible, qk_scale, m_i, l_i, acc, DOT_F32, DOT_PREC)
 
@@ -85,7 +88,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                       query_start_loc: torch.Tensor, seq_lens: torch.Tensor, scale: float, *,
                       out: torch.Tensor | None = None, max_query_len: int | None = None,
                       block_m: int | None = None, block_n: int | None = None, num_warps: int = 8,
-                      num_stages: int = 2) -> torch.Tensor:
+                      num_stages: int = 2, quant: FusedQuant | None = None) -> torch.Tensor:
     """Causal attention of packed new tokens over their paged contexts. Pure except for ``out``.
 
     Args:
@@ -100,10 +103,12 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         max_query_len: host-known bound on any n_i (sizes the grid; default T, no device sync).
         block_m: query rows (token x head-in-group) per program; block_n: key positions per tile
             (defaults 64 x 64; 32 x 32 for fp32 dots on a GPU).
+        quant: a quantized cache's scales (:func:`kvlab.kernels.quant.fused.fused_args`): codes are
+            dequantized inside the kernel.
     Returns:
         [T, H, D] in ``q.dtype``.
     """
-    check_attention_caches(q, k_cache, v_cache)
+    check_quant_caches(q, k_cache, v_cache, quant)
     dev = q.device
     check_tensor("block_tables", block_tables, 2, dev, (torch.int32,))
     check_tensor("query_start_loc", query_start_loc, 1, dev, (torch.int32,))
@@ -122,7 +127,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     if T == 0 or S == 0 or max_q == 0:
         return out
     G = H // kvh
-    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype)
+    dot_f32, dot_prec = dot_mode(q.dtype, k_cache.dtype if quant is None else q.dtype)
     small = dot_f32 and dev.type == "cuda"  # fp32 tiles: 32 x 32 keeps 8 warps from spilling registers
     if block_m is None:
         block_m = 32 if small else 64
@@ -132,10 +137,12 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         check(val >= 16 and val & (val - 1) == 0, f"{name} must be a power of two >= 16, got {val}")
     grid = (triton.cdiv(max_q * G, block_m), S, kvh)
     _prefill_kernel[grid](
-        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out, float(scale) * LOG2E,
+        q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, out,
+        *(quant.args() if quant else (k_cache, v_cache, k_cache, v_cache, 0, 0, 0, 0)), float(scale) * LOG2E,
         *q.stride(), *k_cache.stride(), *v_cache.stride(), *block_tables.stride(), *out.stride(),
         G=G, HEAD_DIM=D, BLOCK_SIZE=block_size, BLOCK_M=block_m, BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n,
-        DOT_F32=dot_f32, DOT_PREC=dot_prec, num_warps=num_warps, num_stages=num_stages)
+        DOT_F32=dot_f32, DOT_PREC=dot_prec, QUANT=quant.mode if quant else 0, GROUP=quant.group if quant else 1,
+        num_warps=num_warps, num_stages=num_stages)
     return out
 
 

@@ -30,8 +30,17 @@ class TorchBackend:
         return meta
 
     def write_kv(self, layer: LayerKV, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata) -> None:
-        """Scatter the new K/V into the layer's cache at ``meta.slot_mapping``. Mutates the cache."""
-        write_kv(k, v, layer.k, layer.v, meta.slot_mapping)
+        """Scatter the new K/V into the layer's cache at ``meta.slot_mapping`` (quantized on write when
+        the cache has a KV format, :mod:`kvlab.kernels.quant`). Mutates the cache."""
+        if layer.scheme is not None:
+            layer.scheme.write(layer, k, v, meta.slot_mapping, meta)
+        else:
+            write_kv(k, v, layer.k, layer.v, meta.slot_mapping)
 
     def forward(self, layer: LayerKV, q: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        return paged_attention(q, layer.k, layer.v, meta, scale)
+        """Paged attention; a quantized cache is dequantized block-wise as it is gathered. Pure."""
+        read = None
+        if layer.scheme is not None:
+            def read(blocks: torch.Tensor, half: int) -> torch.Tensor:
+                return layer.scheme.read(layer, blocks, half)
+        return paged_attention(q, layer.k, layer.v, meta, scale, read)

@@ -28,7 +28,8 @@ from kvlab.kernels.decode_attention import decode_attention
 from kvlab.kernels.kv_cache import LayerKV
 from kvlab.kernels.metadata import decodes_first, slots_for
 from kvlab.kernels.prefill_attention import prefill_attention
-from kvlab.kernels.write_kv_triton import write_kv_triton
+from kvlab.kernels.quant.fused import dequantized_step_cache, fused_args
+from kvlab.kernels.write_kv_triton import write_kv_quant_triton, write_kv_triton
 
 
 @dataclass
@@ -43,6 +44,7 @@ class TritonMetadata:
     prefill_block_tables: torch.Tensor | None
     query_start_loc: torch.Tensor | None
     prefill_seq_lens: torch.Tensor | None
+    spans: list | None = None  # (start_pos, num_tokens, block_table) in flat order (kivi2's residual plan)
     max_decode_seq_len: int = 0  # host-known bounds: size the grids without a device sync per layer
     max_query_len: int = 0
 
@@ -80,6 +82,7 @@ class TritonBackend:
             qsl.append(qsl[-1] + n)
         return TritonMetadata(
             order=order,
+            spans=spans,
             slot_mapping=torch.tensor(slots, dtype=torch.long, device=device),
             num_decodes=nd,
             decode_block_tables=i32(_padded_tables(dec, block_size)) if dec else None,
@@ -92,16 +95,40 @@ class TritonBackend:
         )
 
     def write_kv(self, layer: LayerKV, k: torch.Tensor, v: torch.Tensor, meta: TritonMetadata) -> None:
-        """Scatter the new K/V into the layer's cache at ``meta.slot_mapping``. Mutates the cache."""
-        write_kv_triton(k, v, layer.k, layer.v, meta.slot_mapping)
+        """Scatter the new K/V into the layer's cache at ``meta.slot_mapping``, quantized inside the
+        kernel for fp8 / int8 / int4 (power-of-two head_dim); kivi2 (and int4 otherwise) use the
+        scheme's torch write. Mutates the cache."""
+        if layer.scheme is None:
+            write_kv_triton(k, v, layer.k, layer.v, meta.slot_mapping)
+            return
+        quant = fused_args(layer)
+        d = k.shape[-1]
+        if quant is not None and (quant.mode != 4 or (d & (d - 1) == 0 and quant.group & (quant.group - 1) == 0)):
+            if hasattr(layer.scheme, "maybe_calibrate"):  # fp8 scale: calibrated (first write of a layer)
+                layer.scheme.maybe_calibrate(layer.index, k, v)
+            write_kv_quant_triton(k, v, layer.k, layer.v, meta.slot_mapping, quant)
+        else:
+            layer.scheme.write(layer, k, v, meta.slot_mapping, meta)
 
     def forward(self, layer: LayerKV, q: torch.Tensor, meta: TritonMetadata, scale: float) -> torch.Tensor:
+        """Paged attention; fp8 / int8 / int4 caches are dequantized inside the kernels; a format
+        without a fused path (kivi2) has the step's blocks dequantized first. Pure."""
         out = torch.empty_like(q)
         nd = meta.num_decodes
+        k_cache, v_cache = layer.k, layer.v
+        dec_bt, pre_bt = meta.decode_block_tables, meta.prefill_block_tables
+        quant = fused_args(layer)
+        if layer.scheme is not None and quant is None:
+            tables = [t for t in (dec_bt, pre_bt) if t is not None]
+            k_cache, v_cache, new = dequantized_step_cache(layer, tables)
+            it = iter(new)
+            dec_bt = next(it) if dec_bt is not None else None
+            pre_bt = next(it) if pre_bt is not None else None
         if nd:
-            decode_attention(q[:nd], layer.k, layer.v, meta.decode_block_tables, meta.decode_seq_lens, scale,
-                             out=out[:nd], max_seq_len=meta.max_decode_seq_len)
+            decode_attention(q[:nd], k_cache, v_cache, dec_bt, meta.decode_seq_lens, scale,
+                             out=out[:nd], max_seq_len=meta.max_decode_seq_len, quant=quant)
         if meta.prefill_seq_lens is not None:
-            prefill_attention(q[nd:], layer.k, layer.v, meta.prefill_block_tables, meta.query_start_loc,
-                              meta.prefill_seq_lens, scale, out=out[nd:], max_query_len=meta.max_query_len)
+            prefill_attention(q[nd:], k_cache, v_cache, pre_bt, meta.query_start_loc,
+                              meta.prefill_seq_lens, scale, out=out[nd:], max_query_len=meta.max_query_len,
+                              quant=quant)
         return out

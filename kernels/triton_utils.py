@@ -80,3 +80,22 @@ def check_attention_caches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     check(q.shape[1] % k_cache.shape[2] == 0,
           f"query heads ({q.shape[1]}) must be a multiple of kv_heads ({k_cache.shape[2]})")
     check(k_cache.shape[1] >= 1, "block_size must be >= 1")
+
+
+def check_quant_caches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, quant: object) -> None:
+    """:func:`check_attention_caches`, or for a quantized cache (``quant`` not None): uint8 codes of
+    ``head_dim`` (or ``head_dim / 2`` for int4, mode 4) per head."""
+    if quant is None:
+        check_attention_caches(q, k_cache, v_cache)
+        return
+    dev = q.device
+    check_tensor("q", q, 3, dev)
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_tensor(name, t, 4, dev, (torch.uint8,))
+    check(v_cache.shape[1:] == k_cache.shape[1:],
+          f"v_cache shape {tuple(v_cache.shape)} != k_cache shape {tuple(k_cache.shape)}")
+    packed = q.shape[2] // 2 if getattr(quant, "mode", 0) == 4 else q.shape[2]
+    check(k_cache.shape[3] == packed, f"quantized cache stores {k_cache.shape[3]} bytes per head, q's head_dim "
+                                      f"{q.shape[2]} needs {packed}")
+    check(q.shape[1] % k_cache.shape[2] == 0,
+          f"query heads ({q.shape[1]}) must be a multiple of kv_heads ({k_cache.shape[2]})")

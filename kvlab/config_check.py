@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvlab.config import KVConfig, TorchOptions, to_plain
+from kvlab.kv_quant_format import KVQuantConfig
 
 EXECUTOR_MODULES = {
     "sim": "kvlab.executor.sim",
@@ -38,6 +39,7 @@ def check_config(cfg: Mapping[str, Any]) -> None:
     from kvlab.scheduler import SCHEDULERS
 
     KVConfig.from_config(cfg)  # kv.* values (and their executor fallbacks)
+    KVQuantConfig.from_config(cfg)  # kv_quant: scheme name and its knobs
     ex = _require(cfg, "executor")
     if ex["name"] not in EXECUTOR_MODULES:
         raise ValueError(f"executor={ex['name']!r} is unknown; choose one of: {', '.join(EXECUTOR_MODULES)}")

@@ -45,6 +45,7 @@ def resolve_api_key(srv: dict[str, Any]) -> str | None:
 def build_server(cfg: dict[str, Any]) -> tuple[Any, Any]:
     """(FastAPI app, AsyncEngine) for a resolved config; the engine thread is not started yet."""
     from kvlab.engine import LLMEngine
+    from kvlab.kv_quant_format import KVQuantConfig
     from kvlab.server.api import ServerOptions, create_app
     from kvlab.server.async_engine import AsyncEngine
     from kvlab.server.generate import Serving
@@ -60,7 +61,9 @@ def build_server(cfg: dict[str, Any]) -> tuple[Any, Any]:
     )
     engine = LLMEngine(cfg, max_records=_positive(srv, "max_records", 10_000, int))
     name = srv.get("served_model_name") or cfg["model"]["name"]
-    aengine = AsyncEngine(engine, ServerMetrics(lambda: engine.stats, name))
+    kv_format = {"scheme": KVQuantConfig.from_config(engine.cfg).name,
+                 "bytes_per_token": f"{engine.block_bytes / engine.block_size:g}"}
+    aengine = AsyncEngine(engine, ServerMetrics(lambda: engine.stats, name, kv_format=kv_format))
     serving = Serving(aengine, name, engine.max_model_len, int(cfg["model"]["vocab_size"]), engine.tokenizer)
     return create_app(serving, opts), aengine
 
@@ -76,6 +79,14 @@ def _positive(srv: dict[str, Any], key: str, default: Any, kind: type) -> Any:
     if v <= 0:
         raise ValueError(f"server.{key}={value!r}: must be a positive number")
     return v
+
+
+def _kv_format(cfg: dict[str, Any]) -> str:
+    from kvlab.kv_quant_format import KVQuantConfig
+
+    q = KVQuantConfig.from_config(cfg)
+    knobs = ", ".join(f"{k}={v}" for k, v in q.knobs.items())
+    return q.name + (f" ({knobs})" if knobs else "")
 
 
 def banner(cfg: dict[str, Any], aengine: Any) -> str:
@@ -94,7 +105,8 @@ def banner(cfg: dict[str, Any], aengine: Any) -> str:
             f"  allocator  {a['name']} (block_size={e.block_size}) | scheduler {s['name']} "
             f"(max_num_seqs={s.get('max_num_seqs')})",
             f"  KV cache   {e.kv_capacity_tokens} tokens = {e.allocator.num_blocks} blocks x {e.block_size} "
-            f"({e.allocator.num_blocks * e.block_bytes / 2**30:.2f} GiB)",
+            f"({e.allocator.num_blocks * e.block_bytes / 2**30:.2f} GiB), kv_quant={_kv_format(cfg)} "
+            f"({e.block_bytes / e.block_size:g} bytes/token)",
             f"  api key    {'required' if resolve_api_key(srv) else 'none'} (open without a key: /health, "
             "/metrics)",
         ]
@@ -176,7 +188,8 @@ def resolve_best(cfg: dict[str, Any], cli: list[str]) -> dict[str, Any]:
     from kvlab.server.best import best_overrides, pick_best
 
     b = cfg["best"]
-    best = pick_best(b["dir"], b.get("metric") or "output_throughput", b.get("mode") or "max")
+    best = pick_best(b["dir"], b.get("metric") or "output_throughput", b.get("mode") or "max",
+                     b.get("max_ppl_delta_pct"))
     print(best.summary(), flush=True)
     overrides = best_overrides(best, cli)
     print("serving with: " + " ".join(overrides), flush=True)

@@ -7,12 +7,19 @@ for every equation and the source of every number.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kvlab.hardware import GIB, HardwareProfile
+from kvlab.kv_quant_format import KVQuantConfig
 from kvlab.models.shapes import ModelShape
 
 WORKSPACE_BYTES = GIB  # paper-era vLLM memory_analyzer: a fixed 1 GiB workspace per GPU
 PAPER_MAX_NUM_BATCHED_TOKENS = 2560  # paper-era default (cacheflow add_server_arguments)
 KERNELS_PER_LAYER = 12  # eager decoder layer: 2 norms, qkv, cache write, attn, out, 2 adds, 2 mlp gemms, act
+# Dequantizing KV runs on the CUDA cores, not the tensor cores the dense-FLOP figure describes. A100
+# datasheet: 312 TFLOP/s dense bf16 tensor vs 19.5 TFLOP/s fp32 CUDA-core = 16x; applied to every
+# profile as ``hw.flops / 16`` (a datasheet ratio, not fitted). H100 SXM: 989 / 67 = 14.8x, close.
+TENSOR_TO_VECTOR_FLOPS = 16
 
 
 def kv_budget_bytes_per_gpu(
@@ -52,7 +59,7 @@ class CostModel:
     construction so that :meth:`step_time` is a handful of float operations."""
 
     def __init__(self, shape: ModelShape, hw: HardwareProfile, block_size: int,
-                 kernels_per_layer: int = KERNELS_PER_LAYER) -> None:
+                 kernels_per_layer: int = KERNELS_PER_LAYER, kv_quant: Any = None) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be > 0, got {block_size}")
         self.shape, self.hw, self.block_size = shape, hw, block_size
@@ -65,7 +72,24 @@ class CostModel:
         self.attn_flops_per_pair = shape.attn_flops_per_pair_per_gpu
         self.lm_head_flops_per_row = 2 * shape.lm_head_params_per_gpu
         self.lm_head_bytes = shape.lm_head_params_per_gpu * dt
-        self.kv_bytes_per_token = shape.kv_bytes_per_token_per_gpu
+        # KV format (kvlab.kv_quant_format): bytes a step reads per cached token = the format's data
+        # and metadata (kivi2's residual-pool share is not read: its window tokens are read at full
+        # precision instead, ``residual_window`` per sequence), plus dequantization arithmetic at
+        # vector (CUDA-core) speed.
+        q = KVQuantConfig.parse(kv_quant)
+        self.kv_quant = q
+        fp_bpt = shape.kv_bytes_per_token_per_gpu
+        if q.name == "kivi2":
+            no_pool = KVQuantConfig(name="kivi2", group_size=q.group_size, residual=q.residual,
+                                    residual_pool_fraction=0.0)
+            read = no_pool.bytes_per_token(layers, shape.num_kv_heads, shape.head_dim, dt, block_size, tp)
+        else:
+            read = q.bytes_per_token(layers, shape.num_kv_heads, shape.head_dim, dt, block_size, tp)
+        self.kv_bytes_per_token = read
+        self.kv_fp_extra_per_token = fp_bpt - read if q.name == "kivi2" else 0.0
+        self.residual_window = q.residual if q.name == "kivi2" else 0
+        elements = 2 * layers * kv_heads * shape.head_dim
+        self.dequant_s_per_token = q.dequant_ops_per_element * elements / (hw.flops / TENSOR_TO_VECTOR_FLOPS)
         # Paged attention reads one (layer, kv head, K|V) tile of block_size tokens per gather; the
         # tile address comes from a dependent block-table load, so each gather costs two DRAM
         # latencies, overlapped across every warp the GPU can keep resident (Little's law).
@@ -87,25 +111,28 @@ class CostModel:
         # Swap: vLLM keeps one K and one V tensor per layer, and copies block by block, so one
         # block is 2 x layers cudaMemcpyAsync calls of block_size x kv_heads x head_dim x dtype.
         self.copies_per_block = 2 * layers
-        self.block_bytes = block_size * self.kv_bytes_per_token
+        self.block_bytes = q.bytes_per_block(layers, shape.num_kv_heads, shape.head_dim, dt, block_size, tp)
 
     def step_time(self, num_tokens: int, attn_pairs: int, cached_tokens_read: int,
-                  blocks_gathered: int, num_logit_rows: int, num_seqs: int = 0) -> float:
+                  blocks_gathered: int, num_logit_rows: int, num_seqs: int = 0, fp_tokens_read: int = 0) -> float:
         """Seconds for one step on one GPU of the TP group (all GPUs run in lockstep).
 
         ``attn_pairs``: (query, key) pairs over the batch; ``cached_tokens_read``: KV tokens read
         from the cache; ``blocks_gathered``: blocks read through block tables;
         ``num_logit_rows``: positions whose logits are computed (sampled sequences);
-        ``num_seqs``: sequences in the step (for the engine's per-sequence host overhead).
+        ``num_seqs``: sequences in the step (for the engine's per-sequence host overhead);
+        ``fp_tokens_read``: of the KV tokens touched, those read at full precision (kivi2's window).
         """
         if num_tokens <= 0:
             return 0.0
         flops = (self.lin_flops_per_token * num_tokens + self.attn_flops_per_pair * attn_pairs
                  + self.lm_head_flops_per_row * num_logit_rows)
+        kv_tokens = cached_tokens_read + num_tokens
         moved = (self.weight_bytes + (self.lm_head_bytes if num_logit_rows else 0)
-                 + self.kv_bytes_per_token * (cached_tokens_read + num_tokens))
+                 + self.kv_bytes_per_token * kv_tokens + self.kv_fp_extra_per_token * fp_tokens_read)
         memory_s = moved / self.bandwidth + blocks_gathered * self.gathers_per_block * self.gather_cost_s
-        gpu_s = max(flops / self.flops, memory_s, self.launch_floor_s)
+        compute_s = flops / self.flops + self.dequant_s_per_token * max(0, kv_tokens - fp_tokens_read)
+        gpu_s = max(compute_s, memory_s, self.launch_floor_s)
         comm_s = self.allreduce_fixed_s + self.allreduce_s_per_token * num_tokens
         host_s = self.engine_step_s + self.engine_per_seq_s * num_seqs
         return gpu_s + comm_s + self.step_overhead_s + host_s

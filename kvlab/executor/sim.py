@@ -25,9 +25,10 @@ from kvlab.executor.cost_model import (
     PAPER_MAX_NUM_BATCHED_TOKENS,
     WORKSPACE_BYTES,
     CostModel,
-    kv_capacity_tokens,
+    kv_budget_bytes_per_gpu,
 )
 from kvlab.hardware import GIB, HardwareProfile
+from kvlab.kv_quant_format import KVQuantConfig
 from kvlab.models.shapes import ModelShape
 
 FIRST_TOKEN_ID = 4  # ids 0-3 are special (pad/bos/eos/unk) in OPT and LLaMA vocabularies
@@ -49,7 +50,8 @@ class SimExecutor:
     def __init__(self, shape: ModelShape, hw: HardwareProfile, *, gpu_memory_utilization: float = 0.9,
                  swap_space_gib: float = 4.0, max_num_batched_tokens: int = PAPER_MAX_NUM_BATCHED_TOKENS,
                  max_model_len: int | None = None, seed: int = 0,
-                 kernels_per_layer: int = KERNELS_PER_LAYER, workspace_bytes: int = WORKSPACE_BYTES) -> None:
+                 kernels_per_layer: int = KERNELS_PER_LAYER, workspace_bytes: int = WORKSPACE_BYTES,
+                 kv_quant: Any = None) -> None:
         if swap_space_gib < 0:
             raise ValueError(f"kv.swap_space_gib must be >= 0, got {swap_space_gib}")
         if max_model_len is not None and max_model_len <= 0:
@@ -57,6 +59,7 @@ class SimExecutor:
         if kernels_per_layer <= 0:
             raise ValueError(f"executor.kernels_per_layer must be > 0, got {kernels_per_layer}")
         self.shape, self.hw = shape, hw
+        self.kv_quant = KVQuantConfig.parse(kv_quant)
         self.gpu_memory_utilization = gpu_memory_utilization
         self.swap_space_gib = swap_space_gib
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -67,8 +70,8 @@ class SimExecutor:
         self._rng = np.random.default_rng(seed)
         self._ids: list[int] = []
         self._us: list[float] = []
-        self._capacity_tokens = kv_capacity_tokens(shape, hw, gpu_memory_utilization,
-                                                   max_num_batched_tokens, workspace_bytes)
+        self._budget_bytes = kv_budget_bytes_per_gpu(shape, hw, gpu_memory_utilization,
+                                                     max_num_batched_tokens, workspace_bytes)
         self._cost: CostModel | None = None
         self.calibrated: CalibratedCostModel | None = None
         self.provenance_problems: list[str] = []
@@ -87,14 +90,20 @@ class SimExecutor:
             {k: float(v["value"]) for k, v in prof["coefficients"].items()},
             {k: float(v["value"]) for k, v in prof["host_overhead"].items()})
         if prof.get("kv_budget_bytes"):
-            self._capacity_tokens = int(prof["kv_budget_bytes"]) // self.shape.kv_bytes_per_token_per_gpu
+            self._budget_bytes = int(prof["kv_budget_bytes"])
 
     # ---- memory -------------------------------------------------------------------------
     def kv_capacity_blocks(self, block_size: int) -> int:
-        return self._capacity_tokens // block_size
+        """``(budget - fixed) // bytes_per_block`` in the KV format (the real executor's formula)."""
+        s = self.shape
+        return self.kv_quant.capacity_blocks(self._budget_bytes, s.num_layers, s.num_kv_heads, s.head_dim,
+                                             s.dtype_bytes, block_size, s.tensor_parallel)
 
     def kv_bytes_per_block(self, block_size: int) -> int:
-        return block_size * self.shape.kv_bytes_per_token_per_gpu
+        """Bytes of one block on one GPU in the KV format (:mod:`kvlab.kv_quant_format`)."""
+        s = self.shape
+        return self.kv_quant.bytes_per_block(s.num_layers, s.num_kv_heads, s.head_dim, s.dtype_bytes, block_size,
+                                             s.tensor_parallel)
 
     def cpu_capacity_blocks(self, block_size: int) -> int:
         return int(self.swap_space_gib * GIB) // self.kv_bytes_per_block(block_size)
@@ -104,13 +113,13 @@ class SimExecutor:
         if num_gpu_blocks < 0 or num_cpu_blocks < 0:
             raise ValueError("init_cache: block counts must be >= 0")
         self.num_gpu_blocks, self.num_cpu_blocks = num_gpu_blocks, num_cpu_blocks
-        self._cost = CostModel(self.shape, self.hw, block_size, self.kernels_per_layer)
+        self._cost = CostModel(self.shape, self.hw, block_size, self.kernels_per_layer, self.kv_quant)
 
     def cost_model(self, block_size: int) -> CostModel:
         """The cost model for ``block_size`` (the one in use if it matches)."""
         if self._cost is not None and self._cost.block_size == block_size:
             return self._cost
-        return CostModel(self.shape, self.hw, block_size, self.kernels_per_layer)
+        return CostModel(self.shape, self.hw, block_size, self.kernels_per_layer, self.kv_quant)
 
     # ---- microbenchmarks (paper Fig. 19a) ------------------------------------------------
     def swap_time_s(self, num_blocks: int, block_size: int) -> float:
@@ -130,7 +139,8 @@ class SimExecutor:
         bsz = cost.block_size
         if self.calibrated is not None:
             return self._execute_calibrated(step, cost)
-        tokens = pairs = cached = gathered = logits = nseq = 0
+        tokens = pairs = cached = gathered = logits = nseq = fp_read = 0
+        window = cost.residual_window
         samples: dict[int, list[Sample]] = {}
         for s in step.seqs:
             n = len(s.token_ids)
@@ -141,13 +151,15 @@ class SimExecutor:
             if start:
                 cached += start
                 gathered += -(-(start + n) // bsz)
+            if window and n:
+                fp_read += min(window, start + n)
             if s.num_samples > 0:
                 logits += 1
                 samples[s.seq_id] = self._sample(s)
             else:
                 samples[s.seq_id] = []
         swap_s = cost.swap_time(len(step.blocks_to_swap_out)) + cost.swap_time(len(step.blocks_to_swap_in))
-        duration = (cost.step_time(tokens, pairs, cached, gathered, logits, nseq) + swap_s
+        duration = (cost.step_time(tokens, pairs, cached, gathered, logits, nseq, fp_read) + swap_s
                     + cost.copy_time(len(step.blocks_to_copy)))
         return StepOutput(samples=samples, duration_s=duration, swap_time_s=swap_s)
 
@@ -228,4 +240,5 @@ def build_sim_executor(cfg: Any) -> SimExecutor:
         seed=int(cfg.get("seed") or 0),
         kernels_per_layer=int(ex.get("kernels_per_layer") or KERNELS_PER_LAYER),
         workspace_bytes=int(float(ex["workspace_gib"] if ex.get("workspace_gib") is not None else 1.0) * GIB),
+        kv_quant=KVQuantConfig.from_config(cfg),
     )

@@ -3,7 +3,8 @@
 ``execute(step)`` runs, in order: swap-out (device -> CPU pool), swap-in (CPU pool -> device),
 copy-on-write block copies (all three are :class:`~kvlab.kernels.kv_cache.KVCache` operations),
 then ONE forward over the flat mixed batch in the order the attention backend chose
-(``executor.attention_backend=auto|torch|triton``, see :mod:`kvlab.kernels.backend`), then
+(``executor.attention_backend=auto|torch|triton``, see :mod:`kvlab.kernels.backend`; the cache's
+KV format is ``kv_quant``, see :mod:`kvlab.kernels.quant`), then
 sampling of the rows that asked for it (on the device). ``duration_s`` is the wall time of all
 of it (``time.perf_counter``, CUDA synchronized); ``swap_time_s`` the swap part. On CUDA each
 step also carries a sampled reading of device memory used and GPU utilization (NVML).
@@ -28,6 +29,8 @@ from kvlab.executor.base import ScheduledSeq, StepInput, StepOutput
 from kvlab.executor.device_monitor import DeviceMonitor
 from kvlab.executor.sampler import Sampler
 from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
+from kvlab.kernels.quant import make_spec
+from kvlab.kv_quant_format import KVQuantConfig
 from kvlab.models.config import resolve_model
 from kvlab.models.linear import make_linear
 from kvlab.models.llama import LlamaModel
@@ -71,7 +74,8 @@ class TorchExecutor:
                  kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.9,
                  seed: int = 0, cpu_kv_gib: float = DEFAULT_CPU_KV_GIB,
                  attention_backend: str = "auto", num_threads: int | None = None,
-                 max_model_len: int | None = None, gemm: str = "auto") -> None:
+                 max_model_len: int | None = None, gemm: str = "auto", kv_quant: Any = None) -> None:
+        self.kv_quant = KVQuantConfig.parse(kv_quant)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu":
@@ -99,8 +103,9 @@ class TorchExecutor:
 
     # -- memory --------------------------------------------------------------------------
     def kv_spec(self, block_size: int) -> KVSpec:
+        """The cache's spec in the configured KV format (``kv_quant``)."""
         a = self.arch
-        return KVSpec(a.num_layers, a.num_kv_heads, a.head_dim, block_size, self.dtype)
+        return make_spec(a.num_layers, a.num_kv_heads, a.head_dim, block_size, self.dtype, self.kv_quant)
 
     def kv_bytes_per_block(self, block_size: int) -> int:
         """Bytes one block of ``block_size`` tokens costs (:attr:`KVSpec.bytes_per_block`)."""
@@ -121,7 +126,11 @@ class TorchExecutor:
         return max(0, int(total * self.gpu_memory_utilization) - (total - free) - act)
 
     def kv_capacity_blocks(self, block_size: int) -> int:
-        return self.kv_budget_bytes() // self.kv_bytes_per_block(block_size)
+        """``(budget - the format's fixed bytes) // bytes_per_block``
+        (:meth:`kvlab.kv_quant_format.KVQuantConfig.capacity_blocks`, the simulator's formula too)."""
+        a = self.arch
+        fixed = self.kv_quant.fixed_bytes(a.num_layers, a.num_kv_heads)
+        return max(0, self.kv_budget_bytes() - fixed) // self.kv_bytes_per_block(block_size)
 
     def init_cache(self, num_gpu_blocks: int, num_cpu_blocks: int, block_size: int) -> None:
         """Allocate the :class:`KVCache` (device pool + CPU swap pool, pinned on CUDA). Replaces
@@ -215,4 +224,5 @@ def build_torch_executor(cfg: Mapping[str, Any]) -> TorchExecutor:
         num_threads=opt.num_threads,
         max_model_len=kv.max_model_len,
         gemm=opt.gemm,
+        kv_quant=KVQuantConfig.from_config(cfg),
     )

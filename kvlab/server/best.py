@@ -5,13 +5,20 @@ The sweep is read with :func:`kvlab.compare.collect` (each job's ``metrics.json`
 that vary across the sweep, except request rate and seeds, exactly as ``kvlab.compare`` labels
 them); the metric is averaged per system over its jobs (rates, seeds) and the best mean wins.
 
-What is carried over: the winner's ``allocator`` and ``scheduler`` groups — the memory-management
-policy the sweep measured. The served model stays the one configured for serving, except when
+What is carried over: the winner's ``allocator``, ``scheduler`` and ``kv_quant`` groups — the
+memory-management policy and KV format the sweep measured (a sweep over ``kv_quant=none,int8,...``
+picks a scheme like any other key). The served model stays the one configured for serving, except when
 the winning job itself ran the real model (``executor=torch``): then its model and dtype are
 served too. A simulator sweep (``executor=sim`` on a paper model such as OPT-13B) thus applies
 its winning allocator/scheduler settings to the served model; ``allocator.num_blocks`` is then
 dropped, because a block count sized for a simulated GPU means nothing here. Keys set on the
 command line always win over the sweep's.
+
+A ``python -m kvlab.quant`` results directory (its ``summary.csv``, one row per scheme) is a sweep
+over schemes with accuracy columns: each scheme is a system, the metric is any summary column
+(``output_throughput``, ``sim_output_throughput``, ``capacity_tokens`` ...), and
+``best.max_ppl_delta_pct`` drops the schemes whose perplexity rose more than that before the pick.
+Only ``kv_quant`` is carried over from it.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 
 from kvlab.compare import collect, load_job
 
-CARRIED_GROUPS = ("allocator", "scheduler")
+CARRIED_GROUPS = ("allocator", "scheduler", "kv_quant")
 
 
 @dataclass
@@ -44,10 +51,12 @@ class BestConfig:
         lines += [
             f"  {'*' if s == self.system else ' '} {v:12.4g}  ({n} jobs)  {s}" for s, v, n in self.table
         ]
-        if not self.real_model:
+        if "scheme" in self.row:
+            lines.append("note: a kvlab.quant comparison; only the KV format (kv_quant) is applied")
+        elif not self.real_model:
             lines.append(
                 f"note: the sweep ran executor={self.row.get('executor.name')} on model "
-                f"{self.row.get('model.name')}; only its allocator/scheduler settings are applied, "
+                f"{self.row.get('model.name')}; only its allocator/scheduler/kv_quant settings are applied, "
                 "to the model configured for serving"
             )
         return "\n".join(lines)
@@ -57,13 +66,19 @@ def _present(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def pick_best(sweep_dir: str | Path, metric: str = "output_throughput", mode: str = "max") -> BestConfig:
-    """The winning system of a sweep. Raises ``ValueError`` naming what is missing."""
+def pick_best(sweep_dir: str | Path, metric: str = "output_throughput", mode: str = "max",
+              max_ppl_delta_pct: float | None = None) -> BestConfig:
+    """The winning system of a sweep (or scheme of a kvlab.quant results dir). Raises ``ValueError``
+    naming what is missing."""
     if mode not in ("max", "min"):
         raise ValueError(f"best.mode must be max or min, got {mode!r}")
     path = Path(sweep_dir)
     if not path.is_dir():
         raise ValueError(f"best: {path} is not a directory")
+    if (path / "summary.csv").is_file() and (path / "runs").is_dir():
+        return _pick_scheme(path, metric, mode, max_ppl_delta_pct)
+    if max_ppl_delta_pct is not None:
+        raise ValueError(f"best.max_ppl_delta_pct needs a kvlab.quant results dir (summary.csv); {path} is a sweep")
     df, _ = collect(path)
     if df.empty:
         raise ValueError(f"best: no job directories (metrics.json + config) under {path}")
@@ -90,6 +105,29 @@ def pick_best(sweep_dir: str | Path, metric: str = "output_throughput", mode: st
         [(str(s), float(r["mean"]), int(r["count"])) for s, r in means.iterrows()],
         real_model=row.get("executor.name") == "torch",
     )
+
+
+def _pick_scheme(path: Path, metric: str, mode: str, max_ppl_delta_pct: float | None) -> BestConfig:
+    """The best scheme of a ``python -m kvlab.quant`` results dir (see the module docstring)."""
+    import pandas as pd
+
+    df = pd.read_csv(path / "summary.csv")
+    if metric not in df:
+        numeric = [c for c in df.columns if c != "scheme" and pd.api.types.is_numeric_dtype(df[c])]
+        raise ValueError(f"best: metric {metric!r} is not in {path / 'summary.csv'}; available: {', '.join(numeric)}")
+    ok = df[df[metric].notna()]
+    if max_ppl_delta_pct is not None:
+        ok = ok[ok["ppl_delta_pct"] <= float(max_ppl_delta_pct)]
+        if ok.empty:
+            raise ValueError(f"best: no scheme has ppl_delta_pct <= {max_ppl_delta_pct} in {path}")
+    ok = ok.sort_values(metric, ascending=(mode == "min"))
+    top = ok.iloc[0]
+    system = f"kv_quant={top['scheme']}"
+    row = {k: v for k, v in top.to_dict().items() if _present(v)}
+    row["kv_quant.name"] = str(top["scheme"])
+    return BestConfig(system, str(top["scheme"]), float(top[metric]), metric, row,
+                      [(f"kv_quant={r['scheme']}", float(r[metric]), 1) for _, r in ok.iterrows()],
+                      real_model=False)
 
 
 def _hydra_value(v: Any) -> str:

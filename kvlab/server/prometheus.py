@@ -36,10 +36,16 @@ class ServerMetrics:
     advances counters from it; :meth:`observe_finished` (engine thread) records latencies.
     """
 
-    def __init__(self, stats: Callable[[], EngineStats], model_name: str = "") -> None:
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str = "",
+                 kv_format: dict[str, str] | None = None) -> None:
         self.stats = stats
         self._lock = threading.Lock()
         r = self.registry = CollectorRegistry()
+        # info-style gauge (always 1): the KV cache's format and its exact bytes per token slot
+        fmt = {"scheme": "none", "bytes_per_token": ""} | (kv_format or {})
+        self.kv_format = Gauge(P + "kv_cache_format_info", "KV cache format (kv_quant) and bytes per token slot",
+                               ["scheme", "bytes_per_token"], registry=r)
+        self.kv_format.labels(fmt["scheme"], fmt["bytes_per_token"]).set(1)
         self.kv_usage = Gauge(P + "kv_cache_usage_perc", "Fraction of KV blocks in use (1 = full)", registry=r)
         self.kv_blocks = Gauge(P + "kv_cache_blocks", "KV blocks by state", ["state"], registry=r)
         self.kv_memory = Gauge(P + "kv_cache_memory_slots", "KV token slots by the vLLM paper's memory categories",
