@@ -3,13 +3,16 @@
 ``python experiments/model_bench.py --dtype bfloat16 --batch 1 32 --context 256 --steps 16 [--gemm native]``
 prefills ``batch`` synthetic sequences of ``context`` tokens (block size 16, shuffled block ids),
 then times ``steps`` decode steps of the whole batch and prints one JSON line per batch size.
-Numbers are only meaningful on a quiet machine: on 2 shared cores another process halves them.
+Numbers are only meaningful on a quiet machine: on 2 shared cores another process halves them
+(``loadavg_1m`` is printed; ``step_cpu_ms`` is the process CPU time per step, which load inflates
+less than wall time when ``--threads 1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 
@@ -37,14 +40,15 @@ def decode_tok_s(ex: TorchExecutor, batch: int, context: int, steps: int) -> dic
                           for j in range(i, min(i + 4, batch))])
         last.update({k: v[0].token_id for k, v in ex.execute(step).samples.items()})
     prefill_s = time.perf_counter() - t
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     for s in range(steps):
         step = StepInput([ScheduledSeq(j, str(j), [last[j]], context + s, tables[j], 1, sp,
                                        sample_index=s + 1) for j in range(batch)])
         last = {k: v[0].token_id for k, v in ex.execute(step).samples.items()}
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
     return {"batch": batch, "context": context, "prefill_tok_s": batch * context / prefill_s,
-            "decode_tok_s": batch * steps / dt, "step_ms": 1e3 * dt / steps}
+            "decode_tok_s": batch * steps / dt, "step_ms": 1e3 * dt / steps,
+            "step_cpu_ms": 1e3 * dc / steps, "loadavg_1m": os.getloadavg()[0]}
 
 
 def main() -> None:
