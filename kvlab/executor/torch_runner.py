@@ -66,8 +66,8 @@ class TorchExecutor:
     for random weights), ``device``, ``dtype``, ``model``, ``gemm`` (the matmul path taken:
     ``native`` or ``upcast``, see :mod:`kvlab.models.linear`), ``precision`` (the
     :class:`~kvlab.executor.precision.PrecisionChoice`: dtype and gemm chosen and why),
-    ``attention_backend`` (the resolved backend name), ``kv_cache`` (the :class:`KVCache`, None before ``init_cache``), ``monitor``
-    (:class:`DeviceMonitor`: device name, NVML samples on CUDA).
+    ``attention_backend`` (the resolved backend name), ``kv_cache`` (the :class:`KVCache`, None
+    before ``init_cache``), ``monitor`` (:class:`DeviceMonitor`: device name, NVML samples on CUDA).
     """
 
     def __init__(self, model_cfg: Mapping[str, Any], device: str = "auto", dtype: str = "auto",
