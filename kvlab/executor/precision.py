@@ -11,9 +11,10 @@ tiled upcast path works around it). So the default is decided on the machine, at
   fp32 (by :data:`MARGIN`), else fp32.
 * CPU without one: fp32, or bf16 through the tiled upcast path if the check says that is faster.
 
-The check (:func:`measure_linear`) times ``F.linear`` / the upcast path on the model's own MLP
-shape at batch 1 and batch :data:`CHECK_ROWS` (a decode step of a small and of a busy server) and
-adds the two, best of a few repetitions; it takes well under a second. Every decision carries a
+The check (:func:`measure_linear`) times the model's matmul path on its own MLP shape, with weights
+streaming from memory, at batch 1 and batch :data:`CHECK_ROWS` (a decode step of a small and of a
+busy server) and adds the two, best of a few repetitions; it takes about a second. On a loaded
+machine it is noisy: pass an explicit ``dtype`` where a run must be reproducible. Every decision carries a
 ``reason`` string and the measured times; the executor exposes it as ``precision`` and the
 banner, ``metrics.json`` and the run manifest print it.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 
-from kvlab.models.linear import TiledUpcastLinear, has_native_gemm
+from kvlab.models.linear import has_native_gemm
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CHECK_ROWS = 16  # the busy-server batch the check times besides batch 1
@@ -82,28 +83,46 @@ def native_bf16_gemm(flags: Sequence[str]) -> bool:
     return any(f in flags for f in NATIVE_BF16_FLAGS) and has_native_gemm(torch.device("cpu"), torch.bfloat16)
 
 
-def measure_linear(hidden: int, ffn: int, reps: int = 5) -> MeasureFn:
-    """A :data:`MeasureFn` timing ``[rows, hidden] x [2*ffn, hidden]^T`` (the fused gate/up
-    matmul) at rows 1 and :data:`CHECK_ROWS`, best of ``reps``, summed; CPU only."""
+def measure_linear(hidden: int, ffn: int, reps: int = 3, weight_mib: int = 64) -> MeasureFn:
+    """A :data:`MeasureFn` timing the fused gate/up matmul ``[rows, hidden] x [2*ffn, hidden]^T``
+    at rows 1 and :data:`CHECK_ROWS` through enough distinct weight matrices (``weight_mib`` of
+    fp32, more than a CPU's last-level cache) that weights stream from memory as in a real decode
+    step; best of ``reps``, summed. The path timed is the model's own (:func:`make_linear`: the
+    upcast path keeps the native per-row product below its ``min_rows``). Runs on ONE thread: the
+    ratio is what decides, and one thread is far less disturbed by other processes on the cores
+    than a team of threads that must all be scheduled at once. CPU only."""
+    from kvlab.models.linear import make_linear
+
     gen = torch.Generator().manual_seed(0)
-    w32 = torch.randn(2 * ffn, hidden, generator=gen) * hidden ** -0.5
+    n_mats = max(1, (weight_mib << 20) // (2 * ffn * hidden * 4))
+    w32 = [torch.randn(2 * ffn, hidden, generator=gen) * hidden ** -0.5 for _ in range(n_mats)]
     xs32 = [torch.randn(rows, hidden, generator=gen) for rows in (1, CHECK_ROWS)]
 
     def measure(dtype: torch.dtype, gemm: str) -> float:
-        fn = TiledUpcastLinear(torch.device("cpu"), min_rows=1) if gemm == "upcast" else torch.nn.functional.linear
-        w = w32.to(dtype)
-        total = 0.0
-        for x in (x.to(dtype) for x in xs32):
-            fn(x, w, None)  # warm-up (allocations, oneDNN primitive creation)
-            best = float("inf")
-            for _ in range(reps):
-                t = time.perf_counter()
-                fn(x, w, None)
-                best = min(best, time.perf_counter() - t)
-            total += best
-        return total
+        fn, _ = make_linear(torch.device("cpu"), dtype, gemm)
+        ws = [w.to(dtype) for w in w32]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _time(fn, ws, [x.to(dtype) for x in xs32], reps)
+        finally:
+            torch.set_num_threads(threads)
 
     return measure
+
+
+def _time(fn: Callable[..., torch.Tensor], ws: list[torch.Tensor], xs: list[torch.Tensor], reps: int) -> float:
+    total = 0.0
+    for x in xs:
+        fn(x, ws[0], None)  # warm-up (allocations, oneDNN primitive creation)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            for w in ws:
+                fn(x, w, None)
+            best = min(best, time.perf_counter() - t)
+        total += best
+    return total
 
 
 def _key(dtype: torch.dtype, gemm: str) -> str:

@@ -90,7 +90,7 @@ def test_bad_values_name_key_and_choices(key, value):
 
 
 def test_real_measurement_on_this_machine_returns_positive_times():
-    m = measure_linear(64, 128, reps=1)
+    m = measure_linear(64, 128, reps=1, weight_mib=1)
     assert m(torch.float32, "native") > 0 and m(torch.bfloat16, "upcast") > 0
     c = choose_precision(CPU, hidden=64, ffn=128)
     assert c.dtype in (torch.float32, torch.bfloat16) and set(c.measured_ms) >= {"float32/native"}
