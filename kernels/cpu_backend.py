@@ -39,8 +39,9 @@ class CpuAttentionMetadata(AttentionMetadata):
     """The reference metadata plus what the CPU decode path reuses in every layer.
 
     ``decode_bias`` [D, 1, 1, C] fp32: 0 where a decode token may attend, -inf on padding (None
-    when there is no padding, or one decode: ``decode_single_len`` then cuts its K/V to length). ``decode_run_start``: the first
-    block id when the step has exactly one decode whose blocks are consecutive, else None.
+    when there is no padding, or one decode: ``decode_single_len`` then cuts its K/V to length).
+    ``decode_run_start``: the first block id when the step has exactly one decode whose blocks are
+    consecutive, else None.
     ``chunks_only``: a view of this metadata without the decode group, for the reference path.
     """
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from kvlab.kernels import BlockMetadata, KVCache, KVSpec, get_backend
 from kvlab.kernels.cpu_backend import CpuAttentionMetadata
 
