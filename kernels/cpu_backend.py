@@ -3,15 +3,13 @@
 Same flat batch, metadata and KV writes as the torch reference (:mod:`kvlab.kernels.torch_backend`);
 what differs is the decode group, which on a CPU is where a small batch's attention time went:
 
-* The reference runs the decode group through ``scaled_dot_product_attention`` with a boolean
-  mask. On CPU that takes the flash-attention kernel, built for long query blocks: with one query
-  token (3 query rows per KV head for SmolLM2's GQA) it costs milliseconds per layer, 30 layers a
-  step. Here the decode group is two batched matmuls and a softmax: ``q·Kᵀ`` ([D, kvh, g, C]),
-  plus an additive mask, softmax, ``·V``.
-* The padding mask is built ONCE per step as an additive fp32 bias (``0`` / ``-inf``) in
-  :meth:`CpuBackend.build_metadata`, not per layer.
-* A single decode sequence whose block table is one run of consecutive block ids (the contiguous
-  allocator; a fresh paged pool) reads its K/V as a slice of the cache: no gather copy.
+* A single decode sequence (batch-1 serving: the TPOT case) needs no padding mask: its K/V are cut
+  to its length, and when its block table is one run of consecutive block ids (the contiguous
+  allocator; a fresh paged pool) they are read as a slice of the cache: no gather copy at all.
+* The padding mask of a batched decode group is built ONCE per step as an additive fp32 bias
+  (``0`` / ``-inf``) in :meth:`CpuBackend.build_metadata`, and skipped when no row is padded.
+* What is left per layer for a batch of decodes is the block gather (a copy of every sequence's
+  K/V) and one SDPA; see docs/performance.md for what that costs and what would remove it.
 
 Multi-token chunks (prefill) still go through the reference's per-chunk SDPA (long query blocks:
 what the flash kernel is good at). Layers with per-block metadata (a quantized KV format) are
@@ -27,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
+import torch.nn.functional as F
 from kvlab.kernels.backend import SeqSpan
 from kvlab.kernels.kv_cache import LayerKV
 from kvlab.kernels.metadata import AttentionMetadata
@@ -107,25 +106,28 @@ class CpuBackend:
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      meta: CpuAttentionMetadata, scale: float) -> torch.Tensor:
-    """One query token per sequence: q [D, H, hd] over the decode group's blocks -> [D, H, hd]."""
+    """One query token per sequence: q [D, H, hd] over the decode group's blocks -> [D, H, hd].
+
+    One SDPA over [D, kvh, g, hd] queries (the g query heads of a KV head are its query rows) and
+    [D, kvh, C, hd] keys/values read in the cache's own layout (transposed views, no copy besides
+    the block gather). Measured on the AVX2 dev VM, CPU SDPA beat batched matmul / einsum
+    formulations of the same product (their strided operands cost a copy each)."""
     nd, H, hd = q.shape
     B, kvh = k_cache.shape[1], k_cache.shape[2]
     g = H // kvh
     if meta.decode_run_start is not None:  # one sequence, consecutive blocks: a view, no copy
         s, n = meta.decode_run_start, meta.decode_num_blocks
-        k = k_cache[s:s + n].reshape(1, n * B, kvh, hd)
-        v = v_cache[s:s + n].reshape(1, n * B, kvh, hd)
+        k = k_cache[s:s + n].view(1, n * B, kvh, hd)
+        v = v_cache[s:s + n].view(1, n * B, kvh, hd)
     else:
         tables = meta.decode_block_tables
         assert tables is not None
         idx = tables.reshape(-1)
         k = k_cache.index_select(0, idx).view(nd, -1, kvh, hd)
         v = v_cache.index_select(0, idx).view(nd, -1, kvh, hd)
+    mask = meta.decode_bias
     if meta.decode_single_len:  # one sequence: cut the tail of its last block instead of masking it
-        k, v = k[:, :meta.decode_single_len], v[:, :meta.decode_single_len]
-    qd = (q.view(nd, kvh, g, hd) * scale).to(k.dtype)
-    scores = torch.matmul(qd, k.permute(0, 2, 3, 1)).float()  # [D, kvh, g, C]
-    if meta.decode_bias is not None:
-        scores += meta.decode_bias
-    probs = scores.softmax(-1).to(v.dtype)
-    return torch.matmul(probs, v.permute(0, 2, 1, 3)).reshape(nd, H, hd)  # [D, kvh, g, hd]
+        k, v, mask = k[:, :meta.decode_single_len], v[:, :meta.decode_single_len], None
+    qd = q.view(nd, kvh, g, hd).to(k.dtype)
+    o = F.scaled_dot_product_attention(qd, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    return o.reshape(nd, H, hd)
