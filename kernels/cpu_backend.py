@@ -92,7 +92,9 @@ class CpuBackend:
 
     def forward(self, layer: LayerKV, q: torch.Tensor, meta: CpuAttentionMetadata, scale: float) -> torch.Tensor:
         """Attention of the flat batch ``q`` [tokens, heads, head_dim] over one layer. Pure."""
-        if layer.metadata:  # a quantized KV format: the reference path knows how to read it
+        # a quantized KV format (the reference path knows how to read it), or metadata built by
+        # the generic builder rather than by this backend: the reference
+        if layer.metadata or not isinstance(meta, CpuAttentionMetadata):
             return self.ref.forward(layer, q, meta, scale)
         nd = meta.num_decodes
         if meta.chunks_only is not None:

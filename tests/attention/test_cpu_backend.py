@@ -75,3 +75,20 @@ def test_layer_with_block_metadata_takes_the_reference_path(monkeypatch):
     ref, _, _ = run("torch", BATCHES["mixed"], 4, 3, torch.float32, scale)
     out, _, _ = run("cpu", BATCHES["mixed"], 4, 3, torch.float32, scale)
     assert calls == [] and torch.equal(out, ref)
+
+
+def test_generic_metadata_takes_the_reference_path():
+    from kvlab.kernels import build_metadata
+
+    seqs = BATCHES["decodes_uneven"]
+    ref, _, _ = run("torch", seqs, 4, 3, torch.float32)
+    backend = get_backend("cpu")
+    spec = KVSpec(1, 2, 16, 4, torch.float32)
+    cache = KVCache(spec, 11)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 6, 16, generator=gen)
+    k, v = torch.randn(3, 2, 16, generator=gen), torch.randn(3, 2, 16, generator=gen)
+    cache.data.copy_(torch.randn(spec.data_shape(11), generator=gen))
+    meta = build_metadata(seqs, 3, 4, CPU)  # the generic builder: already decodes-first
+    backend.write_kv(cache.layers[0], k, v, meta)
+    torch.testing.assert_close(backend.forward(cache.layers[0], q, meta, 0.25), ref, atol=1e-5, rtol=1e-5)
