@@ -86,14 +86,16 @@ def native_bf16_gemm(flags: Sequence[str]) -> bool:
 def measure_linear(hidden: int, ffn: int, reps: int = 3, weight_mib: int = 64) -> MeasureFn:
     """A :data:`MeasureFn` timing the fused gate/up matmul ``[rows, hidden] x [2*ffn, hidden]^T``
     at :data:`CHECK_ROWS` rows (a batched decode step, what a serving engine runs) through enough
-    distinct weight matrices (``weight_mib`` of
-    fp32, more than a CPU's last-level cache) that weights stream from memory as in a real decode
-    step; best of ``reps``. Batch 1 is not timed: serving throughput is made at batch, and on the
-    AVX2 dev VM (end to end, busy machine) bf16/upcast took 0.85x fp32's step time at batch 1 but
-    1.15x at batch 16, so counting batch 1 would pick the slower default for a server. The path timed is the model's own (:func:`make_linear`: the
-    upcast path keeps the native per-row product below its ``min_rows``). Runs on ONE thread: the
-    ratio is what decides, and one thread is far less disturbed by other processes on the cores
-    than a team of threads that must all be scheduled at once. CPU only."""
+    distinct weight matrices (``weight_mib`` of fp32, more than a CPU's last-level cache) that
+    weights stream from memory as in a real decode step; best of ``reps``.
+
+    Batch 1 is not timed: serving throughput is made at batch, and on the AVX2 dev VM (end to
+    end, busy machine) bf16/upcast took 0.85x fp32's step time at batch 1 but 1.15x at batch 16,
+    so counting batch 1 would pick the slower default for a server. The path timed is the model's
+    own (:func:`make_linear`: the upcast path keeps the native per-row product below its
+    ``min_rows``). Runs on ONE thread: the ratio is what decides, and one thread is far less
+    disturbed by other processes on the cores than a team of threads that must all be scheduled
+    at once. CPU only."""
     from kvlab.models.linear import make_linear
 
     gen = torch.Generator().manual_seed(0)
