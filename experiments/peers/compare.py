@@ -157,6 +157,10 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     b.barh(names, [r["streams1"]["mean_tpot_ms"] or 0 for r in ok], color="tab:orange")
     b.set_xlabel("mean TPOT ms, 1 client (lower is better)")
     b.set_yticklabels([])
+    for ax in (a, b):
+        for bar in ax.patches:
+            ax.annotate(f"{bar.get_width():.1f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                        xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -211,8 +215,9 @@ def main() -> int:
         "gguf": str(args.gguf),
         "kvlab_banner": banner, "runs": rows}
     (out / "peers.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    loads = [r["load_before"][0] for r in rows if r.get("load_before")]
     plot(rows, out / "peers.png", f"{fp['cpu_model']} ({', '.join(fp['isa_flags'])}; {fp['logical_cpus']} CPUs)"
-         f" — SmolLM2-135M, 16-256/16-256 tokens")
+         f" — SmolLM2-135M, 16-256/16-256 tokens — 1-min load before runs: {loads}")
     write_manifest(out, vars(args) | {"out": str(out), "gguf": str(args.gguf), "llama_server": str(args.llama_server)},
                    started=started, extra={"entry_point": "experiments/peers/compare.py"})
     for r in rows:
