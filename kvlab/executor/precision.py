@@ -166,7 +166,20 @@ def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "aut
         return PrecisionChoice(dt, "native" if has else "upcast",
                                f"dtype set explicitly; {'native' if has else 'no native'} {dtype} GEMM on this CPU",
                                **base)
-    measure = measure or measure_linear(hidden, ffn)
+    key = (dtype, gemm, hidden, ffn, flags, native)
+    if measure is None and key in _DECIDED:  # one measurement per process and shape
+        return _DECIDED[key]
+    choice = _decide(measure or measure_linear(hidden, ffn), gemm, flags, native, base)
+    if measure is None:
+        _DECIDED[key] = choice
+    return choice
+
+
+_DECIDED: dict[tuple, PrecisionChoice] = {}
+
+
+def _decide(measure: MeasureFn, gemm: str, flags: tuple[str, ...], native: bool,
+            base: dict[str, Any]) -> PrecisionChoice:
     t32 = measure(torch.float32, "native")
     times = {_key(torch.float32, "native"): t32}
     if native and gemm != "upcast":

@@ -94,3 +94,4 @@ def test_real_measurement_on_this_machine_returns_positive_times():
     assert m(torch.float32, "native") > 0 and m(torch.bfloat16, "upcast") > 0
     c = choose_precision(CPU, hidden=64, ffn=128)
     assert c.dtype in (torch.float32, torch.bfloat16) and set(c.measured_ms) >= {"float32/native"}
+    assert choose_precision(CPU, hidden=64, ffn=128) is c  # measured once per process and shape
