@@ -196,11 +196,12 @@ def main() -> int:
     if "llama" not in args.skip:
         if not args.llama_server.exists() or not args.gguf.exists():
             raise SystemExit(f"missing {args.llama_server} or {args.gguf}: run experiments/peers/build_llama_server.sh")
-        for t in args.threads:
-            cmd = [str(args.llama_server), "-m", str(args.gguf), "--host", "127.0.0.1", "--port", str(args.port),
+        for i, t in enumerate(args.threads):
+            port = args.port + 1 + i  # a fresh port per server: no wait on the previous one's sockets
+            cmd = [str(args.llama_server), "-m", str(args.gguf), "--host", "127.0.0.1", "--port", str(port),
                    "-np", str(args.concurrency), "-c", str(ctx), "-t", str(t), "-tb", str(t), "-cb",
                    "--no-webui", "-a", "smollm2-135m"]
-            rows.append(measure_server(f"llama-server q4_1 t{t}", cmd, args.port, args, out, out / f"llama-t{t}.log"))
+            rows.append(measure_server(f"llama-server q4_1 t{t}", cmd, port, args, out, out / f"llama-t{t}.log"))
             print(summary_line(rows[-1]), flush=True)
     if "kvlab" not in args.skip:
         cmd = [sys.executable, "-m", "kvlab.serve", f"server.port={args.port}", *args.kvlab_override]
