@@ -60,6 +60,7 @@ class AttentionBackend(Protocol):
 _REGISTRY: dict[str, str] = {
     "torch": "kvlab.kernels.torch_backend:TorchBackend",
     "triton": "kvlab.kernels.triton_backend:TritonBackend",
+    "cpu": "kvlab.kernels.cpu_backend:CpuBackend",
 }
 CHOICES = ("auto", *_REGISTRY)
 
@@ -74,9 +75,11 @@ def backend_names() -> list[str]:
 
 
 def resolve_backend_name(name: str, device: torch.device | str) -> str:
-    """``auto`` -> ``triton`` on CUDA, ``torch`` elsewhere; other names are checked and returned."""
+    """``auto`` -> ``triton`` on CUDA, ``cpu`` on a CPU (:mod:`kvlab.kernels.cpu_backend`), ``torch``
+    elsewhere; other names are checked and returned."""
     if name == "auto":
-        return "triton" if torch.device(device).type == "cuda" else "torch"
+        kind = torch.device(device).type
+        return "triton" if kind == "cuda" else "cpu" if kind == "cpu" else "torch"
     if name not in _REGISTRY:
         raise ValueError(f"executor.attention_backend={name!r} is unknown; choose one of: "
                          f"{', '.join(['auto', *_REGISTRY])}")

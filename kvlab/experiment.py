@@ -63,6 +63,9 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     metrics.update(_allocator_counters(engine))
     monitor = getattr(engine.executor, "monitor", None)  # the torch executor's DeviceMonitor
     metrics.update(device_metrics(getattr(monitor, "name", None), engine.step_records))
+    precision = getattr(engine.executor, "precision", None)  # dtype/gemm chosen at run time, and why
+    if precision is not None:
+        metrics["precision"] = precision.as_dict()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
@@ -72,7 +75,8 @@ def run_experiment(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     if recorder is not None:
         recorder.write(out)
     write_manifest(out, cfg, started=started, model=provenance,
-                   extra={"entry_point": "kvlab.run", "device": metrics.get("device")})
+                   extra={"entry_point": "kvlab.run", "device": metrics.get("device"),
+                          "precision": metrics.get("precision")})
     samples = [] if engine.tokenizer is None else _samples(engine)
     return {"metrics": metrics, "engine": engine, "workload": workload, "samples": samples}
 

@@ -209,7 +209,8 @@ def write_metrics_json(metrics: Mapping[str, float], path: str | Path) -> None:
 
 
 def read_metrics_json(path: str | Path) -> dict[str, float]:
-    """Read a metrics.json; ``null`` (and non-numbers) become NaN."""
+    """Read a metrics.json; ``null`` (and non-numbers) become NaN; nested records (e.g. the torch
+    executor's ``precision`` choice) are skipped."""
     raw = json.loads(Path(path).read_text())
     return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else NAN
-            for k, v in raw.items()}
+            for k, v in raw.items() if not isinstance(v, dict)}

@@ -95,6 +95,7 @@ def banner(cfg: dict[str, Any], aengine: Any) -> str:
     a, s = cfg["allocator"], cfg["scheduler"]
     dtype = getattr(e.executor, "dtype", cfg.get("dtype"))
     gemm = getattr(e.executor, "gemm", None)
+    precision = getattr(e.executor, "precision", None)  # the torch executor's run-time choice, and why
     return "\n".join(
         [
             f"kvlab serve: http://{srv['host']}:{srv['port']}/v1  (health /health, metrics /metrics"
@@ -102,6 +103,7 @@ def banner(cfg: dict[str, Any], aengine: Any) -> str:
             f"  model      {srv.get('served_model_name') or cfg['model']['name']} "
             f"(executor={cfg['executor']['name']}, "
             f"dtype={dtype}{f', gemm={gemm}' if gemm else ''}, max_model_len={e.max_model_len})",
+            *([f"  precision  {precision.summary()}"] if precision is not None else []),
             f"  allocator  {a['name']} (block_size={e.block_size}) | scheduler {s['name']} "
             f"(max_num_seqs={s.get('max_num_seqs')})",
             f"  KV cache   {e.kv_capacity_tokens} tokens = {e.allocator.num_blocks} blocks x {e.block_size} "

@@ -167,17 +167,21 @@ class Sampler:
         """
         dev = logits.device
         logits = logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
+        want_top = [s.sampling.logprobs or 0 for s in seqs]
+        # the full [rows, vocab] log-softmax only when top alternatives are asked for; a chosen
+        # token's logprob is its logit minus the row's logsumexp (one reduction, no vocab-wide write)
+        logprobs = torch.log_softmax(logits, dim=-1) if max(want_top, default=0) > 0 else None
+        lse = logits.logsumexp(-1) if logprobs is None else None
         masked: torch.Tensor | None = None
         for i, seq in enumerate(seqs):
             banned = self._banned(seq)
             if banned:
                 masked = logits.clone() if masked is None else masked
                 masked[i, banned] = float("-inf")
+        logits_raw = logits  # logprobs are of the raw distribution (before bans / filters)
         logits = logits if masked is None else masked
-        want_top = [s.sampling.logprobs or 0 for s in seqs]
         top_vals = top_ids = None
-        if max(want_top, default=0) > 0:
+        if logprobs is not None:
             top_vals, top_ids = logprobs.topk(max(want_top), dim=-1)
             top_vals, top_ids = top_vals.tolist(), top_ids.tolist()
         random_rows = [i for i, s in enumerate(seqs) if not s.beam and s.sampling.temperature > 0]
@@ -194,7 +198,12 @@ class Sampler:
                   for i, seq in enumerate(seqs)]
         flat_rows = [i for i, t in enumerate(tokens) for _ in t]
         flat_tokens = [x for t in tokens for x in t]
-        chosen = logprobs[torch.tensor(flat_rows, device=dev), torch.tensor(flat_tokens, device=dev)].tolist()
+        r_idx, t_idx = torch.tensor(flat_rows, device=dev), torch.tensor(flat_tokens, device=dev)
+        if logprobs is not None:
+            chosen = logprobs[r_idx, t_idx].tolist()
+        else:
+            assert lse is not None
+            chosen = (logits_raw[r_idx, t_idx] - lse[r_idx]).tolist()
         out: list[list[Sample]] = []
         pos = 0
         for i, toks in enumerate(tokens):

@@ -27,6 +27,7 @@ from kvlab.config import DEFAULT_CPU_KV_GIB
 from kvlab.executor import EXECUTORS
 from kvlab.executor.base import ScheduledSeq, StepInput, StepOutput
 from kvlab.executor.device_monitor import DeviceMonitor
+from kvlab.executor.precision import PrecisionChoice, choose_precision
 from kvlab.executor.sampler import Sampler
 from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 from kvlab.kernels.quant import make_spec
@@ -50,7 +51,8 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 on CUDA, float32 on CPU; else one of :data:`DTYPES`."""
+    """The static fallback: ``auto`` -> bfloat16 on CUDA, float32 on CPU; else one of :data:`DTYPES`.
+    The executor decides ``auto`` from the machine instead (:mod:`kvlab.executor.precision`)."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if dtype not in DTYPES:
@@ -65,9 +67,10 @@ class TorchExecutor:
     checkpoint's first EOS id; None for random weights), ``stop_token_ids`` (every EOS id the
     checkpoint declares), ``tokenizer`` (a Hugging Face tokenizer with chat template, or None
     for random weights), ``device``, ``dtype``, ``model``, ``gemm`` (the matmul path taken:
-    ``native`` or ``upcast``, see :mod:`kvlab.models.linear`), ``attention_backend`` (the resolved
-    backend name), ``kv_cache`` (the :class:`KVCache`, None before ``init_cache``), ``monitor``
-    (:class:`DeviceMonitor`: device name, NVML samples on CUDA).
+    ``native`` or ``upcast``, see :mod:`kvlab.models.linear`), ``precision`` (the
+    :class:`~kvlab.executor.precision.PrecisionChoice`: dtype and gemm chosen and why),
+    ``attention_backend`` (the resolved backend name), ``kv_cache`` (the :class:`KVCache`, None
+    before ``init_cache``), ``monitor`` (:class:`DeviceMonitor`: device name, NVML samples on CUDA).
     """
 
     def __init__(self, model_cfg: Mapping[str, Any], device: str = "auto", dtype: str = "auto",
@@ -77,12 +80,17 @@ class TorchExecutor:
                  max_model_len: int | None = None, gemm: str = "auto", kv_quant: Any = None) -> None:
         self.kv_quant = KVQuantConfig.parse(kv_quant)
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        if dtype != "auto":
+            resolve_dtype(dtype, self.device)  # the clear error for an unknown name
         if self.device.type == "cpu":
             torch.set_num_threads(num_threads or os.cpu_count() or 1)
+        self.precision: PrecisionChoice = choose_precision(
+            self.device, dtype, gemm, hidden=int(model_cfg.get("hidden_size") or 576),
+            ffn=int(model_cfg.get("ffn_size") or 1536))
+        self.dtype = self.precision.dtype
         loaded = load_model(model_cfg, self.device, self.dtype, seed)
         self.arch = loaded.arch
-        linear, self.gemm = make_linear(self.device, self.dtype, gemm)
+        linear, self.gemm = make_linear(self.device, self.dtype, self.precision.gemm)
         self.attention_backend = resolve_backend_name(attention_backend, self.device)
         self.backend = get_backend(self.attention_backend, self.device)
         self.model = LlamaModel(loaded.arch, loaded.weights, self.backend, linear)

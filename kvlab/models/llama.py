@@ -73,12 +73,14 @@ class LlamaModel:
         T = input_ids.shape[0]
         x = self.embed.index_select(0, input_ids)
         cos, sin = self.rope.tables(positions)
+        heads_qk = a.num_heads + a.num_kv_heads
         for i, w in enumerate(self.layers):
             h = self._rms_norm(x, w["attn_norm"])
             qkv = self.linear(h, w["qkv"], w["qkv_bias"])
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = self.rope.apply(q.view(T, a.num_heads, a.head_dim), cos, sin)
-            k = self.rope.apply(k.view(T, a.num_kv_heads, a.head_dim), cos, sin)
+            qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+            # q and k are adjacent heads of one row: one rotation for both (half the small ops)
+            q, k = self.rope.apply(qk.view(T, heads_qk, a.head_dim), cos, sin).split(
+                [a.num_heads, a.num_kv_heads], dim=1)
             v = v.view(T, a.num_kv_heads, a.head_dim)
             layer = kv_cache.layers[i]
             self.backend.write_kv(layer, k, v, meta)

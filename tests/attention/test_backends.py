@@ -41,9 +41,9 @@ def test_triton_on_a_cpu_without_the_interpreter_is_a_clear_error():
 
 
 def test_auto_resolution_and_unknown_names():
-    assert resolve_backend_name("auto", "cpu") == "torch"
+    assert resolve_backend_name("auto", "cpu") == "cpu"
     assert resolve_backend_name("auto", "cuda") == "triton"
-    with pytest.raises(ValueError, match="executor.attention_backend='flash'.*auto, torch, triton"):
+    with pytest.raises(ValueError, match="executor.attention_backend=.flash.*auto, torch, triton, cpu"):
         resolve_backend_name("flash", "cpu")
 
 

@@ -97,7 +97,7 @@ def test_hf_directory_matches_transformers(tmp_path: Path, kind: str):
     loaded = load_model(cfg)
     assert loaded.arch.qkv_bias == (kind == "qwen2")
     assert (loaded.arch.rope_scaling is not None) == (kind != "qwen2")
-    ex = TorchExecutor(cfg, device="cpu", num_threads=1)
+    ex = TorchExecutor(cfg, device="cpu", dtype="float32", num_threads=1)  # fp32 like the reference
     ex.init_cache(16, 0, 16)
     ids = torch.randint(0, 128, (100,), generator=torch.Generator().manual_seed(0))
     meta = build_metadata([(0, 100, [9, 3, 12, 0, 5, 7, 1])], 0, 16, torch.device("cpu"))

@@ -1,0 +1,200 @@
+"""Run-time choice of the model dtype and the matmul path (``dtype=auto``, ``executor.gemm=auto``).
+
+The machines kvlab runs on differ: some CPUs have a native bf16 GEMM (AVX512_BF16 / AMX, where
+oneDNN runs bf16 matmuls at up to twice the fp32 rate), some expose AVX2 only (torch's bf16
+matmul there is a per-row loop, ~5x slower than fp32 on a batch; :mod:`kvlab.models.linear`'s
+tiled upcast path works around it). So the default is decided on the machine, at run time:
+
+* CUDA: bf16 (tensor cores), ``gemm=native``.
+* CPU with a native bf16 GEMM (torch's oneDNN says so AND the CPU flags show ``avx512_bf16`` or
+  ``amx_bf16``): bf16 if a short measured check says a model-shaped bf16 matmul is faster than
+  fp32 (by :data:`MARGIN`), else fp32.
+* CPU without one: fp32, or bf16 through the tiled upcast path if the check says that is faster.
+
+The check (:func:`measure_linear`) times the model's matmul path on its own MLP shape, with weights
+streaming from memory, at batch :data:`CHECK_ROWS` (a busy server's decode step), best of a few
+repetitions; it takes well under a second on a quiet machine. On a loaded
+machine it is noisy: pass an explicit ``dtype`` where a run must be reproducible. Every decision carries a
+``reason`` string and the measured times; the executor exposes it as ``precision`` and the
+banner, ``metrics.json`` and the run manifest print it.
+
+An explicit ``dtype`` is never overridden; ``gemm=auto`` with an explicit 16-bit dtype takes the
+upcast path exactly where there is no native 16-bit GEMM (no measurement).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from kvlab.models.linear import has_native_gemm
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+CHECK_ROWS = 16  # the batched decode step the check times (a busy server)
+MARGIN = 0.9  # bf16 must take less than this fraction of fp32's time to be chosen
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+# measure(dtype, gemm) -> seconds for the check's matmuls (injectable for tests)
+MeasureFn = Callable[[torch.dtype, str], float]
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What ``dtype``/``gemm`` resolved to on this machine, and why. Immutable.
+
+    ``measured_ms`` maps ``"<dtype>/<gemm>"`` to the check's time in ms (empty when nothing was
+    measured: an explicit dtype, or CUDA).
+    """
+
+    dtype: torch.dtype
+    gemm: str
+    reason: str
+    requested_dtype: str = "auto"
+    requested_gemm: str = "auto"
+    cpu_flags: tuple[str, ...] = ()
+    native_bf16_gemm: bool = False
+    measured_ms: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (dtype as its name)."""
+        d = asdict(self)
+        d["dtype"] = DTYPE_NAMES.get(self.dtype, str(self.dtype))
+        d["cpu_flags"] = list(self.cpu_flags)
+        return d
+
+    def summary(self) -> str:
+        """One line for the banner."""
+        return f"dtype={DTYPE_NAMES.get(self.dtype, self.dtype)}, gemm={self.gemm} ({self.reason})"
+
+
+def cpu_flags() -> tuple[str, ...]:
+    """The ISA flags of this CPU that matter here (:func:`kvlab.machine.cpu_fingerprint`)."""
+    from kvlab.machine import cpu_fingerprint
+
+    return tuple(cpu_fingerprint()["isa_flags"])
+
+
+def native_bf16_gemm(flags: Sequence[str]) -> bool:
+    """A native bf16 GEMM: the CPU has the instructions and torch's oneDNN uses them."""
+    return any(f in flags for f in NATIVE_BF16_FLAGS) and has_native_gemm(torch.device("cpu"), torch.bfloat16)
+
+
+def measure_linear(hidden: int, ffn: int, reps: int = 3, weight_mib: int = 64) -> MeasureFn:
+    """A :data:`MeasureFn` timing the fused gate/up matmul ``[rows, hidden] x [2*ffn, hidden]^T``
+    at :data:`CHECK_ROWS` rows (a batched decode step, what a serving engine runs) through enough
+    distinct weight matrices (``weight_mib`` of fp32, more than a CPU's last-level cache) that
+    weights stream from memory as in a real decode step; best of ``reps``.
+
+    Batch 1 is not timed: serving throughput is made at batch, and on the AVX2 dev VM (end to
+    end, busy machine) bf16/upcast took 0.85x fp32's step time at batch 1 but 1.15x at batch 16,
+    so counting batch 1 would pick the slower default for a server. The path timed is the model's
+    own (:func:`make_linear`: the upcast path keeps the native per-row product below its
+    ``min_rows``). Runs on ONE thread: the ratio is what decides, and one thread is far less
+    disturbed by other processes on the cores than a team of threads that must all be scheduled
+    at once. CPU only."""
+    from kvlab.models.linear import make_linear
+
+    gen = torch.Generator().manual_seed(0)
+    n_mats = max(1, (weight_mib << 20) // (2 * ffn * hidden * 4))
+    w32 = [torch.randn(2 * ffn, hidden, generator=gen) * hidden ** -0.5 for _ in range(n_mats)]
+    xs32 = [torch.randn(CHECK_ROWS, hidden, generator=gen)]
+
+    def measure(dtype: torch.dtype, gemm: str) -> float:
+        fn, _ = make_linear(torch.device("cpu"), dtype, gemm)
+        ws = [w.to(dtype) for w in w32]
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return _time(fn, ws, [x.to(dtype) for x in xs32], reps)
+        finally:
+            torch.set_num_threads(threads)
+
+    return measure
+
+
+def _time(fn: Callable[..., torch.Tensor], ws: list[torch.Tensor], xs: list[torch.Tensor], reps: int) -> float:
+    total = 0.0
+    for x in xs:
+        fn(x, ws[0], None)  # warm-up (allocations, oneDNN primitive creation)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            for w in ws:
+                fn(x, w, None)
+            best = min(best, time.perf_counter() - t)
+        total += best
+    return total
+
+
+def _key(dtype: torch.dtype, gemm: str) -> str:
+    return f"{DTYPE_NAMES[dtype]}/{gemm}"
+
+
+def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "auto", *,
+                     hidden: int = 576, ffn: int = 1536, flags: Sequence[str] | None = None,
+                     native_bf16: bool | None = None, measure: MeasureFn | None = None) -> PrecisionChoice:
+    """Resolve ``dtype`` (``auto`` or a name) and ``gemm`` (``auto|native|upcast``) for ``device``.
+
+    ``flags``, ``native_bf16`` and ``measure`` default to this machine's (tests pass fakes).
+    Raises ``ValueError`` naming the key and its choices for an unknown value.
+    """
+    from kvlab.config import DTYPE_CHOICES, GEMM_CHOICES
+
+    if dtype not in DTYPE_CHOICES:
+        raise ValueError(f"dtype={dtype!r} is unknown; choose one of: {', '.join(DTYPE_CHOICES)}")
+    if gemm not in GEMM_CHOICES:
+        raise ValueError(f"executor.gemm={gemm!r} is unknown; choose one of: {', '.join(GEMM_CHOICES)}")
+    base = {"requested_dtype": dtype, "requested_gemm": gemm}
+    if device.type != "cpu":
+        dt = torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
+        return PrecisionChoice(dt, "native", f"{device.type}: native 16-bit GEMM" if dtype == "auto"
+                               else "dtype set explicitly", **base)
+    flags = tuple(cpu_flags() if flags is None else flags)
+    native = native_bf16_gemm(flags) if native_bf16 is None else native_bf16
+    base.update(cpu_flags=flags, native_bf16_gemm=native)
+    if dtype != "auto":
+        dt = getattr(torch, dtype)
+        if dt == torch.float32 or gemm == "native":
+            return PrecisionChoice(dt, "native", "dtype set explicitly", **base)
+        if gemm == "upcast":
+            return PrecisionChoice(dt, "upcast", "dtype and gemm set explicitly", **base)
+        has = native if dt == torch.bfloat16 else has_native_gemm(device, dt)
+        return PrecisionChoice(dt, "native" if has else "upcast",
+                               f"dtype set explicitly; {'native' if has else 'no native'} {dtype} GEMM on this CPU",
+                               **base)
+    key = (dtype, gemm, hidden, ffn, flags, native)
+    if measure is None and key in _DECIDED:  # one measurement per process and shape
+        return _DECIDED[key]
+    choice = _decide(measure or measure_linear(hidden, ffn), gemm, flags, native, base)
+    if measure is None:
+        _DECIDED[key] = choice
+    return choice
+
+
+_DECIDED: dict[tuple, PrecisionChoice] = {}
+
+
+def _decide(measure: MeasureFn, gemm: str, flags: tuple[str, ...], native: bool,
+            base: dict[str, Any]) -> PrecisionChoice:
+    t32 = measure(torch.float32, "native")
+    times = {_key(torch.float32, "native"): t32}
+    if native and gemm != "upcast":
+        cand, what = (torch.bfloat16, "native"), "native bf16 GEMM (" + "/".join(
+            f for f in flags if f in NATIVE_BF16_FLAGS) + ")"
+    elif gemm == "native":  # the user forbids the upcast path and there is no native bf16 GEMM
+        return PrecisionChoice(torch.float32, "native", "no native bf16 GEMM on this CPU (AVX2-class); "
+                               "gemm=native rules out the upcast path: fp32", **base)
+    else:
+        cand, what = (torch.bfloat16, "upcast"), "no native bf16 GEMM; bf16 via the tiled upcast path"
+    tc = measure(*cand)
+    times[_key(*cand)] = tc
+    ms = {k: round(v * 1e3, 3) for k, v in times.items()}
+    ratio = tc / t32 if t32 > 0 else float("inf")
+    if ratio < MARGIN:
+        return PrecisionChoice(cand[0], cand[1], f"{what} measured {ratio:.2f}x fp32's time", measured_ms=ms, **base)
+    return PrecisionChoice(torch.float32, "native", f"{what} measured {ratio:.2f}x fp32's time (not < {MARGIN}): fp32",
+                           measured_ms=ms, **base)

@@ -1,0 +1,97 @@
+"""dtype=auto / executor.gemm=auto decided from the CPU at run time (kvlab.executor.precision).
+
+Every branch is exercised with faked CPU flags and a faked measurement, so each machine's branch
+is tested on every machine; one test runs the real (short) measurement on this machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kvlab.executor.precision import MARGIN, choose_precision, measure_linear
+
+CPU = torch.device("cpu")
+AMX = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+AVX2 = ("avx2", "fma")
+
+
+def fake(times: dict[tuple[torch.dtype, str], float]):
+    calls: list[tuple[torch.dtype, str]] = []
+
+    def measure(dtype: torch.dtype, gemm: str) -> float:
+        calls.append((dtype, gemm))
+        return times[(dtype, gemm)]
+
+    return measure, calls
+
+
+def test_native_bf16_and_faster_picks_bf16():
+    m, calls = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "native"): 0.5})
+    c = choose_precision(CPU, flags=AMX, native_bf16=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "native")
+    assert "native bf16 GEMM" in c.reason and "avx512_bf16" in c.reason and "0.50x" in c.reason
+    assert calls == [(torch.float32, "native"), (torch.bfloat16, "native")]
+    assert c.measured_ms == {"float32/native": 1000.0, "bfloat16/native": 500.0}
+    assert c.as_dict()["dtype"] == "bfloat16" and c.as_dict()["native_bf16_gemm"] is True
+
+
+def test_native_bf16_but_not_faster_keeps_fp32():
+    m, _ = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "native"): MARGIN + 0.05})
+    c = choose_precision(CPU, flags=AMX, native_bf16=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "native")
+    assert "fp32" in c.reason
+
+
+def test_avx2_upcast_faster_picks_bf16_upcast():
+    m, calls = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "upcast"): 0.6})
+    c = choose_precision(CPU, flags=AVX2, native_bf16=False, measure=m)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "upcast")
+    assert "no native bf16 GEMM" in c.reason
+    assert (torch.bfloat16, "native") not in calls  # the 5x-slower per-row path is never a candidate
+
+
+def test_avx2_upcast_slower_picks_fp32():
+    m, _ = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "upcast"): 1.3})
+    c = choose_precision(CPU, flags=AVX2, native_bf16=False, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "native")
+    assert "1.30x" in c.reason
+
+
+def test_avx2_gemm_native_rules_out_upcast_without_measuring_it():
+    m, calls = fake({(torch.float32, "native"): 1.0})
+    c = choose_precision(CPU, gemm="native", flags=AVX2, native_bf16=False, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "native") and "gemm=native" in c.reason
+    assert calls == [(torch.float32, "native")]
+
+
+def test_explicit_dtype_is_never_overridden_and_not_measured():
+    def boom(dtype, gemm):
+        raise AssertionError("explicit dtype must not be measured")
+
+    assert choose_precision(CPU, "float32", flags=AMX, native_bf16=True, measure=boom).dtype == torch.float32
+    c = choose_precision(CPU, "bfloat16", flags=AVX2, native_bf16=False, measure=boom)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "upcast")
+    c = choose_precision(CPU, "bfloat16", flags=AMX, native_bf16=True, measure=boom)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "native")
+    c = choose_precision(CPU, "bfloat16", "native", flags=AVX2, native_bf16=False, measure=boom)
+    assert c.gemm == "native"
+
+
+def test_cuda_auto_is_bf16_without_measuring():
+    c = choose_precision(torch.device("cuda"), measure=lambda d, g: 1 / 0)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "native")
+
+
+@pytest.mark.parametrize("key,value", [("dtype", "fp8"), ("gemm", "fast")])
+def test_bad_values_name_key_and_choices(key, value):
+    with pytest.raises(ValueError, match="choose one of"):
+        choose_precision(CPU, **{key: value}, flags=AVX2, native_bf16=False, measure=lambda d, g: 1.0)
+
+
+def test_real_measurement_on_this_machine_returns_positive_times():
+    m = measure_linear(64, 128, reps=1, weight_mib=1)
+    assert m(torch.float32, "native") > 0 and m(torch.bfloat16, "upcast") > 0
+    c = choose_precision(CPU, hidden=64, ffn=128)
+    assert c.dtype in (torch.float32, torch.bfloat16) and set(c.measured_ms) >= {"float32/native"}
+    assert choose_precision(CPU, hidden=64, ffn=128) is c  # measured once per process and shape
