@@ -12,8 +12,9 @@ what differs is the decode group, which on a CPU is where a small batch's attent
   K/V) and one SDPA; see docs/performance.md for what that costs and what would remove it.
 
 Multi-token chunks (prefill) still go through the reference's per-chunk SDPA (long query blocks:
-what the flash kernel is good at). Layers with per-block metadata (a quantized KV format) are
-handed to the reference backend whole, so a KV format added there keeps working here; wiring a
+what the flash kernel is good at). Layers in a quantized KV format (a ``scheme``,
+with or without per-block metadata) are handed to the reference backend whole, so a KV format
+added there keeps working here; wiring a
 format into this fast path means dequantizing the gathered blocks before the two matmuls.
 
 Not thread-safe beyond what the reference is: stateless; all step state is in the metadata.
@@ -92,9 +93,10 @@ class CpuBackend:
 
     def forward(self, layer: LayerKV, q: torch.Tensor, meta: CpuAttentionMetadata, scale: float) -> torch.Tensor:
         """Attention of the flat batch ``q`` [tokens, heads, head_dim] over one layer. Pure."""
-        # a quantized KV format (the reference path knows how to read it), or metadata built by
-        # the generic builder rather than by this backend: the reference
-        if layer.metadata or not isinstance(meta, CpuAttentionMetadata):
+        # a quantized KV format (the reference path knows how to read it; fp8 with fixed scales
+        # has a scheme but no per-block metadata), or metadata built by the generic builder
+        # rather than by this backend: the reference
+        if layer.scheme is not None or layer.metadata or not isinstance(meta, CpuAttentionMetadata):
             return self.ref.forward(layer, q, meta, scale)
         nd = meta.num_decodes
         if meta.chunks_only is not None:

@@ -90,3 +90,17 @@ def test_quantization_changes_tokens_somewhere() -> None:
     none, _ = run(tiny_cfg("none"), ids, new=24)
     kivi, _ = run(tiny_cfg("kivi2"), ids, new=24)
     assert none != kivi
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_cpu_backend_reads_every_format_like_the_reference(scheme: str) -> None:
+    """``attention_backend=cpu`` (what ``auto`` picks on a CPU) hands quantized layers to the
+    reference read path, including fp8 with fixed scales, which has no per-block metadata: the
+    greedy tokens equal the torch backend's."""
+    ids = prompts(4, seed=7)
+    ref, _ = run(tiny_cfg(scheme), ids)
+    cfg = tiny_cfg(scheme)
+    cfg["executor"]["attention_backend"] = "cpu"
+    got, eng = run(cfg, ids)
+    assert type(eng.executor.backend).__name__ == "CpuBackend"
+    assert got == ref
