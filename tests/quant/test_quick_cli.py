@@ -76,7 +76,8 @@ def test_summary_relations(quick_run: tuple[Path, float, str]) -> None:
         rows = df.sort_values(f"{pre}bytes_per_token")
         assert rows[f"{pre}capacity_tokens"].is_monotonic_decreasing, rows[["scheme", f"{pre}capacity_tokens"]]
     budget = s.cpu_budget_tokens * base["bytes_per_token"]
-    assert ((df["capacity_tokens"] - budget / df["bytes_per_token"]).abs() < 16).all()
+    # (<= one block of 16 tokens: a format with per-cache state, e.g. fp8 scales, pays it from the budget)
+    assert ((df["capacity_tokens"] - budget / df["bytes_per_token"]).abs() <= 16).all()
     assert (df["max_batch"] >= 1).all() and (df["num_preemptions"] >= 0).all()
 
 
