@@ -8,8 +8,11 @@ what differs is the decode group, which on a CPU is where a small batch's attent
   allocator; a fresh paged pool) they are read as a slice of the cache: no gather copy at all.
 * The padding mask of a batched decode group is built ONCE per step as an additive fp32 bias
   (``0`` / ``-inf``) in :meth:`CpuBackend.build_metadata`, and skipped when no row is padded.
-* What is left per layer for a batch of decodes is the block gather (a copy of every sequence's
-  K/V) and one SDPA; see docs/performance.md for what that costs and what would remove it.
+* With kvlab's native CPU ops built (:mod:`kvlab.kernels.cpu_ops`: a C kernel, compiled on first
+  use) an fp32 decode group is attended IN the block cache, one online-softmax pass per
+  (sequence, KV head): no gather, no padding, no mask. Without them (no compiler, another dtype,
+  ``KVLAB_CPU_OPS=0``) the group takes the torch path: the block gather (a copy of every
+  sequence's K/V) and one SDPA; see docs/performance.md for what each costs.
 
 Multi-token chunks (prefill) still go through the reference's per-chunk SDPA (long query blocks:
 what the flash kernel is good at). Layers in a quantized KV format (a ``scheme``,
@@ -27,6 +30,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
+from kvlab.kernels import cpu_ops
 from kvlab.kernels.backend import SeqSpan
 from kvlab.kernels.kv_cache import LayerKV
 from kvlab.kernels.metadata import AttentionMetadata
@@ -61,8 +65,10 @@ class CpuBackend:
 
     name = "cpu"
 
-    def __init__(self) -> None:
+    def __init__(self, native_ops: bool | None = None) -> None:
+        """``native_ops``: use :mod:`kvlab.kernels.cpu_ops` for decode groups (None = where they build)."""
         self.ref = TorchBackend()
+        self.native_ops = cpu_ops.load() is not None if native_ops is None else native_ops
 
     def build_metadata(self, seqs: Sequence[SeqSpan], block_size: int, device: torch.device) -> CpuAttentionMetadata:
         """The reference metadata, extended once per step with the decode bias / run and a
@@ -104,7 +110,14 @@ class CpuBackend:
         else:
             out = torch.empty_like(q)
         if nd:
-            out[:nd] = decode_attention(q[:nd], layer.k, layer.v, meta, scale).to(out.dtype)
+            o = None
+            if self.native_ops:
+                assert meta.decode_block_tables is not None and meta.decode_context_lens is not None
+                o = cpu_ops.paged_decode(q[:nd], layer.k, layer.v, meta.decode_block_tables,
+                                         meta.decode_context_lens, scale)
+            if o is None:  # no native op for this dtype/shape: the torch path
+                o = decode_attention(q[:nd], layer.k, layer.v, meta, scale)
+            out[:nd] = o.to(out.dtype)
         return out
 
 

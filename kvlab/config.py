@@ -119,7 +119,7 @@ class KVConfig:
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 BACKEND_CHOICES = ("auto", "torch", "triton", "cpu")  # kvlab.kernels.backend registers these names
-GEMM_CHOICES = ("auto", "native", "upcast")  # kvlab.models.linear.GEMM_MODES
+GEMM_CHOICES = ("auto", "native", "upcast", "packed")  # kvlab.models.linear.GEMM_MODES
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:

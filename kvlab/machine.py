@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 # ISA flags that change which GEMM/attention kernels torch picks; the rest of /proc/cpuinfo's
@@ -21,6 +22,12 @@ from typing import Any
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
 BUSY_LOAD_PER_CPU = 0.5  # 1-minute load average per logical CPU above which timings are suspect
+
+
+def cache_root() -> Path:
+    """kvlab's per-user cache (converted checkpoints, file hashes, built CPU ops): ``$KVLAB_CACHE``
+    if set, else ``~/.cache/kvlab``."""
+    return Path(os.environ.get("KVLAB_CACHE") or Path.home() / ".cache" / "kvlab").expanduser()
 
 
 def parse_cpuinfo(text: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kvlab.machine import parse_cpuinfo, read_cpuinfo
+from kvlab.machine import cache_root, parse_cpuinfo, read_cpuinfo
 
 SPEED_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
                "amx_tile", "amx_bf16", "amx_int8")
@@ -101,7 +101,7 @@ def file_sha256(path: str | Path, cache_dir: Path | None = None) -> str | None:
     except OSError:
         return None
     key = hashlib.sha256(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
-    cache = (cache_dir or _cache_root() / "hashes") / f"{key}.sha256"
+    cache = (cache_dir or cache_root() / "hashes") / f"{key}.sha256"
     if cache.is_file():
         return cache.read_text().strip()
     h = hashlib.sha256()
@@ -133,17 +133,13 @@ def model_provenance(model_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         if ckpt in GGUF_CHECKPOINTS:
             out["file"] = str(gguf_path(ckpt))
             name = str((model_cfg or {}).get("name", ckpt))
-            out["converted_cache_warm"] = (_cache_root() / name / "kvlab_source.json").is_file()
+            out["converted_cache_warm"] = (cache_root() / name / "kvlab_source.json").is_file()
             return out
     except (ImportError, FileNotFoundError):
         return out
     weights = Path(str(ckpt)).expanduser() / "model.safetensors"
     out["file"] = str(weights) if weights.is_file() else None
     return out
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("KVLAB_CACHE") or Path.home() / ".cache" / "kvlab").expanduser()
 
 
 def _threads() -> int | None:

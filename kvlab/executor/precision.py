@@ -10,6 +10,9 @@ tiled upcast path works around it). So the default is decided on the machine, at
   ``amx_bf16``): bf16 if a short measured check says a model-shaped bf16 matmul is faster than
   fp32 (by :data:`MARGIN`), else fp32.
 * CPU without one: fp32, or bf16 through the tiled upcast path if the check says that is faster.
+* fp32 on a CPU (chosen or explicit) runs through oneDNN on prepacked weights (``gemm=packed``,
+  :class:`kvlab.models.linear.PackedLinear`) where torch has oneDNN and the check says it beats
+  torch's own fp32 matmul (MKL) by :data:`MARGIN`; that fp32 time is the one bf16 must beat.
 
 The check (:func:`measure_linear`) times the model's matmul path on its own MLP shape, with weights
 streaming from memory, at batch :data:`CHECK_ROWS` (a busy server's decode step), best of a few
@@ -19,7 +22,8 @@ machine it is noisy: pass an explicit ``dtype`` where a run must be reproducible
 banner, ``metrics.json`` and the run manifest print it.
 
 An explicit ``dtype`` is never overridden; ``gemm=auto`` with an explicit 16-bit dtype takes the
-upcast path exactly where there is no native 16-bit GEMM (no measurement).
+upcast path exactly where there is no native 16-bit GEMM (no measurement); with an explicit fp32
+it measures native vs packed. ``gemm=packed`` is fp32-only.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 
 import torch
 
-from kvlab.models.linear import has_native_gemm
+from kvlab.models.linear import has_native_gemm, packed_gemm_available, prepare_weight
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CHECK_ROWS = 16  # the batched decode step the check times (a busy server)
@@ -105,7 +109,7 @@ def measure_linear(hidden: int, ffn: int, reps: int = 3, weight_mib: int = 64) -
 
     def measure(dtype: torch.dtype, gemm: str) -> float:
         fn, _ = make_linear(torch.device("cpu"), dtype, gemm)
-        ws = [w.to(dtype) for w in w32]
+        ws = [prepare_weight(fn, w.to(dtype)) for w in w32]
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -136,10 +140,12 @@ def _key(dtype: torch.dtype, gemm: str) -> str:
 
 def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "auto", *,
                      hidden: int = 576, ffn: int = 1536, flags: Sequence[str] | None = None,
-                     native_bf16: bool | None = None, measure: MeasureFn | None = None) -> PrecisionChoice:
-    """Resolve ``dtype`` (``auto`` or a name) and ``gemm`` (``auto|native|upcast``) for ``device``.
+                     native_bf16: bool | None = None, packable: bool | None = None,
+                     measure: MeasureFn | None = None) -> PrecisionChoice:
+    """Resolve ``dtype`` (``auto`` or a name) and ``gemm`` (``auto|native|upcast|packed``) for ``device``.
 
-    ``flags``, ``native_bf16`` and ``measure`` default to this machine's (tests pass fakes).
+    ``flags``, ``native_bf16``, ``packable`` (oneDNN weight prepacking available) and ``measure``
+    default to this machine's (tests pass fakes).
     Raises ``ValueError`` naming the key and its choices for an unknown value.
     """
     from kvlab.config import DTYPE_CHOICES, GEMM_CHOICES
@@ -148,28 +154,37 @@ def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "aut
         raise ValueError(f"dtype={dtype!r} is unknown; choose one of: {', '.join(DTYPE_CHOICES)}")
     if gemm not in GEMM_CHOICES:
         raise ValueError(f"executor.gemm={gemm!r} is unknown; choose one of: {', '.join(GEMM_CHOICES)}")
-    base = {"requested_dtype": dtype, "requested_gemm": gemm}
+    base: dict[str, Any] = {"requested_dtype": dtype, "requested_gemm": gemm}
     if device.type != "cpu":
         dt = torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
         return PrecisionChoice(dt, "native", f"{device.type}: native 16-bit GEMM" if dtype == "auto"
                                else "dtype set explicitly", **base)
     flags = tuple(cpu_flags() if flags is None else flags)
     native = native_bf16_gemm(flags) if native_bf16 is None else native_bf16
+    packable = packed_gemm_available() if packable is None else packable
     base.update(cpu_flags=flags, native_bf16_gemm=native)
-    if dtype != "auto":
+    if dtype not in ("auto", "float32"):
         dt = getattr(torch, dtype)
-        if dt == torch.float32 or gemm == "native":
-            return PrecisionChoice(dt, "native", "dtype set explicitly", **base)
+        if gemm in ("native", "packed"):
+            why = "dtype set explicitly" + ("; gemm=packed is fp32-only: native" if gemm == "packed" else "")
+            return PrecisionChoice(dt, "native", why, **base)
         if gemm == "upcast":
             return PrecisionChoice(dt, "upcast", "dtype and gemm set explicitly", **base)
         has = native if dt == torch.bfloat16 else has_native_gemm(device, dt)
         return PrecisionChoice(dt, "native" if has else "upcast",
                                f"dtype set explicitly; {'native' if has else 'no native'} {dtype} GEMM on this CPU",
                                **base)
-    key = (dtype, gemm, hidden, ffn, flags, native)
+    if dtype == "float32" and (gemm in ("native", "upcast") or not packable):
+        return PrecisionChoice(torch.float32, "native", "dtype set explicitly", **base)
+    key = (dtype, gemm, hidden, ffn, flags, native, packable)
     if measure is None and key in _DECIDED:  # one measurement per process and shape
         return _DECIDED[key]
-    choice = _decide(measure or measure_linear(hidden, ffn), gemm, flags, native, base)
+    fn = measure or measure_linear(hidden, ffn)
+    if dtype == "float32":
+        g32, _, ms, why = _fp32_path(fn, gemm, packable)
+        choice = PrecisionChoice(torch.float32, g32, f"dtype set explicitly; {why}", measured_ms=ms, **base)
+    else:
+        choice = _decide(fn, gemm, flags, native, packable, base)
     if measure is None:
         _DECIDED[key] = choice
     return choice
@@ -178,23 +193,43 @@ def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "aut
 _DECIDED: dict[tuple, PrecisionChoice] = {}
 
 
-def _decide(measure: MeasureFn, gemm: str, flags: tuple[str, ...], native: bool,
+def _ms(times: dict[str, float]) -> dict[str, float]:
+    return {k: round(v * 1e3, 3) for k, v in times.items()}
+
+
+def _fp32_path(measure: MeasureFn, gemm: str, packable: bool) -> tuple[str, float, dict[str, float], str]:
+    """fp32's matmul path: ``packed`` (oneDNN, prepacked weights) where available and measured
+    faster than torch's fp32 matmul by :data:`MARGIN` (or forced by ``gemm=packed``), else
+    ``native``. Returns (gemm, its time in s, the measured times in ms, the reason)."""
+    t_native = measure(torch.float32, "native")
+    times = {_key(torch.float32, "native"): t_native}
+    if not packable:
+        return "native", t_native, _ms(times), "no oneDNN weight prepacking in this torch: fp32 native"
+    t_packed = measure(torch.float32, "packed")
+    times[_key(torch.float32, "packed")] = t_packed
+    ratio = t_packed / t_native if t_native > 0 else float("inf")
+    if gemm == "packed" or ratio < MARGIN:
+        how = "gemm=packed set explicitly" if gemm == "packed" else f"measured {ratio:.2f}x native's time"
+        return "packed", t_packed, _ms(times), f"fp32 via oneDNN prepacked weights ({how})"
+    return "native", t_native, _ms(times), f"oneDNN prepacked fp32 measured {ratio:.2f}x native's time (not < {MARGIN})"
+
+
+def _decide(measure: MeasureFn, gemm: str, flags: tuple[str, ...], native: bool, packable: bool,
             base: dict[str, Any]) -> PrecisionChoice:
-    t32 = measure(torch.float32, "native")
-    times = {_key(torch.float32, "native"): t32}
-    if native and gemm != "upcast":
+    g32, t32, ms, why32 = _fp32_path(measure, "packed" if gemm == "packed" else "auto",
+                                     packable and gemm in ("auto", "packed"))
+    if native and gemm not in ("upcast", "packed"):
         cand, what = (torch.bfloat16, "native"), "native bf16 GEMM (" + "/".join(
             f for f in flags if f in NATIVE_BF16_FLAGS) + ")"
-    elif gemm == "native":  # the user forbids the upcast path and there is no native bf16 GEMM
-        return PrecisionChoice(torch.float32, "native", "no native bf16 GEMM on this CPU (AVX2-class); "
-                               "gemm=native rules out the upcast path: fp32", **base)
+    elif gemm in ("native", "packed"):  # no bf16 candidate: gemm rules out the upcast path
+        return PrecisionChoice(torch.float32, g32, f"no native bf16 GEMM on this CPU (AVX2-class) or gemm={gemm} "
+                               f"rules out the upcast path: fp32; {why32}", measured_ms=ms, **base)
     else:
         cand, what = (torch.bfloat16, "upcast"), "no native bf16 GEMM; bf16 via the tiled upcast path"
     tc = measure(*cand)
-    times[_key(*cand)] = tc
-    ms = {k: round(v * 1e3, 3) for k, v in times.items()}
+    ms[_key(*cand)] = round(tc * 1e3, 3)
     ratio = tc / t32 if t32 > 0 else float("inf")
     if ratio < MARGIN:
         return PrecisionChoice(cand[0], cand[1], f"{what} measured {ratio:.2f}x fp32's time", measured_ms=ms, **base)
-    return PrecisionChoice(torch.float32, "native", f"{what} measured {ratio:.2f}x fp32's time (not < {MARGIN}): fp32",
-                           measured_ms=ms, **base)
+    return PrecisionChoice(torch.float32, g32, f"{what} measured {ratio:.2f}x fp32's time (not < {MARGIN}): fp32; "
+                           f"{why32}", measured_ms=ms, **base)

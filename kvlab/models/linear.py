@@ -17,6 +17,17 @@ native path, which reads half the bytes of fp32 and is faster there.
 ``gemm=native`` forces ``F.linear`` everywhere (to measure the difference); ``gemm=auto`` (the
 default) picks the upcast path only where it helps: CPU, a 16-bit dtype, no native 16-bit GEMM.
 
+:class:`PackedLinear` (``gemm=packed``) is the fp32 path through oneDNN with every weight reordered
+ONCE, at model load, into oneDNN's blocked layout (what Inductor's CPU "weight prepack" does).
+Why: torch's fp32 ``F.linear`` calls MKL's sgemm, which on the AMD dev VM reached a third of
+oneDNN's rate on the model's shapes (16 rows x a [3072, 576] weight: 1.07 vs 0.76 ms, cached; 16
+streaming weights at 16 rows: 29.8 vs 11.7 ms; 2 threads, quiet machine). The sums run in another
+order, so results differ from ``F.linear`` in the last bits (~4e-6 relative). Whether it is faster
+on a given machine is measured, not assumed (:mod:`kvlab.executor.precision`).
+
+A linear object may have ``prepare(w) -> w'``: the model calls it once per weight matrix at load
+and passes the prepared weight on every call (:func:`prepare_weight`).
+
 Not thread-safe: one instance owns one scratch buffer, and one executor runs one forward at a time.
 """
 
@@ -28,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 LinearFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-GEMM_MODES = ("auto", "native", "upcast")
+GEMM_MODES = ("auto", "native", "upcast", "packed")
 
 
 class TiledUpcastLinear:
@@ -60,6 +71,33 @@ class TiledUpcastLinear:
         return out_t.t().to(x.dtype).reshape(*x.shape[:-1], n_out)
 
 
+class PackedLinear:
+    """fp32 ``F.linear`` through oneDNN on weights prepacked by :meth:`prepare` (module docstring).
+    A weight that was not prepared (another dtype, another device) takes ``F.linear``."""
+
+    def prepare(self, w: torch.Tensor) -> torch.Tensor:
+        """The weight in oneDNN's blocked layout (a new tensor; ``w`` is not kept)."""
+        if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2:
+            return w
+        return torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None)
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        if not w.is_mkldnn:
+            return F.linear(x, w, b)
+        return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def packed_gemm_available() -> bool:
+    """Whether this torch build can prepack fp32 weights for oneDNN (CPU builds with mkldnn)."""
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def prepare_weight(linear: LinearFn, w: torch.Tensor | None) -> torch.Tensor | None:
+    """``linear.prepare(w)`` where the linear path has one (:class:`PackedLinear`), else ``w``."""
+    prepare = getattr(linear, "prepare", None)
+    return w if w is None or prepare is None else prepare(w)
+
+
 def has_native_gemm(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether ``F.linear`` in ``dtype`` runs as a real GEMM on ``device``."""
     if device.type != "cpu" or dtype == torch.float32:
@@ -73,9 +111,15 @@ def has_native_gemm(device: torch.device, dtype: torch.dtype) -> bool:
 
 def make_linear(device: torch.device, dtype: torch.dtype, mode: str = "auto") -> tuple[LinearFn, str]:
     """The linear function for ``device``/``dtype`` and the name of the path taken
-    (``native`` or ``upcast``); ``mode`` is one of :data:`GEMM_MODES`."""
+    (``native``, ``upcast`` or ``packed``); ``mode`` is one of :data:`GEMM_MODES`. ``packed`` is
+    taken only for fp32 on a CPU whose torch has oneDNN (elsewhere it falls back to ``native``);
+    ``auto`` here never packs: the executor measures and asks for ``packed`` explicitly."""
     if mode not in GEMM_MODES:
         raise ValueError(f"unknown gemm mode {mode!r}; choose one of: {', '.join(GEMM_MODES)}")
+    if mode == "packed":
+        if device.type == "cpu" and dtype == torch.float32 and packed_gemm_available():
+            return PackedLinear(), "packed"
+        return F.linear, "native"
     upcast = mode == "upcast" or (mode == "auto" and not has_native_gemm(device, dtype))
     if upcast and dtype != torch.float32:
         return TiledUpcastLinear(device), "upcast"

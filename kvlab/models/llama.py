@@ -18,8 +18,10 @@ import torch.nn.functional as F
 
 from kvlab.kernels import AttentionBackend, KVCache, get_backend
 from kvlab.models.config import ArchConfig
-from kvlab.models.linear import LinearFn
+from kvlab.models.linear import LinearFn, prepare_weight
 from kvlab.models.rope import RotaryEmbedding
+
+MATMUL_WEIGHTS = ("qkv", "o", "gate_up", "down")  # what goes through ``linear`` (plus the lm_head)
 
 
 class LlamaModel:
@@ -34,24 +36,24 @@ class LlamaModel:
         embed = weights["embed"]
         self.device, self.dtype = embed.device, embed.dtype
         self.embed = embed
-        self.lm_head = weights["lm_head"]
         self.norm = weights["norm"]
-        self.layers = [
+        layers = [
             {name: weights.get(f"{i}.{name}") for name in
              ("attn_norm", "qkv", "qkv_bias", "o", "mlp_norm", "gate_up", "down")}
             for i in range(arch.num_layers)
         ]
+        tensors = {id(t): t for layer in layers for t in layer.values() if t is not None}
+        tensors.update({id(t): t for t in (embed, weights["lm_head"], self.norm)})
+        self.num_params = sum(t.numel() for t in tensors.values())
+        # the matmul path may want its weights in its own layout (a oneDNN prepack), once, here
+        self.lm_head = prepare_weight(self.linear, weights["lm_head"])
+        self.layers = [{k: prepare_weight(self.linear, t) if k in MATMUL_WEIGHTS else t for k, t in layer.items()}
+                       for layer in layers]
         self.rope = RotaryEmbedding(arch.head_dim, arch.max_model_len, arch.rope_theta,
                                     arch.rope_scaling, self.device, self.dtype)
         self.scale = arch.head_dim ** -0.5
         self.q_size = arch.num_heads * arch.head_dim
         self.kv_size = arch.num_kv_heads * arch.head_dim
-
-    @property
-    def num_params(self) -> int:
-        tensors = {id(t): t for layer in self.layers for t in layer.values() if t is not None}
-        tensors.update({id(t): t for t in (self.embed, self.lm_head, self.norm)})
-        return sum(t.numel() for t in tensors.values())
 
     def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), weight, self.arch.rms_norm_eps)

