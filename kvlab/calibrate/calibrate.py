@@ -30,7 +30,8 @@ from kvlab.machine import busy_message, fingerprint, load_average
 REPO = CONF_DIR.parent
 DEFAULT_DIR = REPO / "results" / "calibration"
 FORM = ("t_step = c_step + c_decode_seq*decode_seqs + c_chunk*chunks + c_token*tokens + c_decode_kv*decode_kv "
-        "+ c_chunk_kv*chunk_kv + c_causal_pair*causal_pairs + c_masked_pair*masked_pairs + c_logit_row*logit_rows "
+        "+ c_decode_pad*decode_pad + c_chunk_kv*chunk_kv + c_causal_pair*causal_pairs "
+        "+ c_masked_pair*masked_pairs + c_logit_row*logit_rows "
         "+ h_step + h_seq*seqs  (seconds; kvlab/executor/cost_calibrated.py)")
 METHOD = ("per grid point: median of repeats after warm-up, shuffled order per pass; fit: non-negative least "
           "squares on relative error (rows scaled by 1/measured, Lawson-Hanson); host overhead: medians of "

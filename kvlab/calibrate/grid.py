@@ -43,17 +43,21 @@ class GridPoint:
         return sum(-(-(c + 1) // b) for c in self.decodes) + sum(-(-(n + s) // b) for n, s, _ in self.chunks)
 
     def step(self, sampling: SamplingParams) -> StepInput:
-        """The StepInput of this shape, each sequence on its own run of block ids."""
+        """The StepInput of this shape. Block ids are a seeded permutation of the pool, so every
+        sequence's blocks are scattered as in a running server (a fresh pool's consecutive runs
+        would take reads that real tables do not: a lone decode's slice, hardware prefetch)."""
         seqs, nxt, b = [], 0, self.block_size
+        ids = list(range(self.blocks_needed()))
+        random.Random(len(ids) * 7919 + b).shuffle(ids)
         for i, ctx in enumerate(self.decodes):
             nb = -(-(ctx + 1) // b)
-            seqs.append(ScheduledSeq(i, f"d{i}", [5 + i % 97], ctx, list(range(nxt, nxt + nb)),
+            seqs.append(ScheduledSeq(i, f"d{i}", [5 + i % 97], ctx, ids[nxt:nxt + nb],
                                      1 if self.decode_samples else 0, sampling, sample_index=ctx))
             nxt += nb
         for j, (n, start, sampled) in enumerate(self.chunks):
             nb = -(-(n + start) // b)
             seqs.append(ScheduledSeq(10_000 + j, f"c{j}", [7 + (k % 331) for k in range(n)], start,
-                                     list(range(nxt, nxt + nb)), 1 if sampled else 0, sampling))
+                                     ids[nxt:nxt + nb], 1 if sampled else 0, sampling))
             nxt += nb
         return StepInput(seqs)
 
@@ -66,7 +70,7 @@ def _spread(lo: int, hi: int, k: int) -> tuple[int, ...]:
 
 
 def design(quick: bool = False) -> list[GridPoint]:
-    """The grid: ~30 shapes in full, ~13 in ``quick`` (sized for 2 CPU cores and SmolLM2)."""
+    """The grid: ~35 shapes in full, ~13 in ``quick`` (sized for 2 CPU cores and SmolLM2)."""
     pts: list[GridPoint] = []
     counts, ctxs = ((1, 8, 24), (32, 384)) if quick else ((1, 4, 12, 24), (32, 256, 640))
     for nd in counts:
@@ -92,6 +96,14 @@ def design(quick: bool = False) -> list[GridPoint]:
         GridPoint("decode4x512-nosample", (512,) * 4, decode_samples=False),
         GridPoint("b32-decode12x256", (256,) * 12, block_size=32),
         GridPoint("b32-mixed4x128+prefill96", (128,) * 4, ((96, 0, True),), block_size=32),
+        # the shapes an offline or bursty run starts with: many prompts in one step (up to the
+        # default 2048-token step budget), and small uneven decode groups (light load)
+        GridPoint("prefill8x200", chunks=((200, 0, True),) * 8),
+        GridPoint("prefill4x480", chunks=((480, 0, True),) * 4),
+        GridPoint("mixed12x300+prefill3x256", (300,) * 12, ((256, 0, True),) * 3),
+        GridPoint("decode2x96", (96, 96)),
+        GridPoint("decode-uneven6", _spread(40, 600, 6)),
+        GridPoint("mixed3x150+prefill64", (100, 150, 220), ((64, 0, True),)),
     ]
     return pts
 

@@ -29,6 +29,26 @@ def compose(overrides: list[str]) -> dict[str, Any]:
     return cfg
 
 
+class StepRecorder:
+    """An executor wrapper that records ``(step features, measured seconds)`` of every ``execute``
+    (the step-level view of a real run: which terms of the cost model are off). Everything else
+    is the wrapped executor's."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.steps: list[tuple[dict[str, float], float]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def execute(self, step: Any) -> Any:
+        from kvlab.executor.cost_calibrated import step_features
+
+        out = self.inner.execute(step)
+        self.steps.append((step_features(step.seqs), float(out.duration_s)))
+        return out
+
+
 def run_workload(cfg: dict[str, Any], executor: Any | None = None, *, desc: str = "requests",
                  show_progress: bool = False) -> dict[str, Any]:
     """Replay ``cfg``'s workload; returns {"metrics", "engine"}. Mutates ``executor``'s caches."""

@@ -18,8 +18,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from kvlab.calibrate.calibrate import build_real_executor, executor_overrides
-from kvlab.calibrate.runs import compose, run_workload
+from kvlab.calibrate.runs import StepRecorder, compose, run_workload
 from kvlab.calibration_profile import check_provenance, describe, load_profile
+from kvlab.executor.cost_calibrated import CalibratedCostModel
 from kvlab.machine import busy_message, load_average
 
 METRICS = {"output_throughput": "output tok/s", "mean_ttft_ms": "mean TTFT ms", "p90_ttft_ms": "p90 TTFT ms",
@@ -86,14 +87,18 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     if executor is None:
         log("loading the model on the real executor ...")
         executor = build_real_executor(real_ov)
+    model = CalibratedCostModel.from_profile(prof)
     wls = workloads(quick)
     sat = run_workload(compose(sim_ov + wls[0][1] + ["workload.rate=null"]))["metrics"]["request_throughput"]
     rows = []
     for name, ov, mult in tqdm(wls, desc="held-out workloads", unit="run", dynamic_ncols=True):
         rate = "workload.rate=null" if mult is None else f"workload.rate={round(mult * sat, 4)}"
         sim = run_workload(compose(sim_ov + ov + [rate]))["metrics"]
-        real = run_workload(compose(real_ov + ov + [rate]), executor)["metrics"]
-        rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim)})
+        rec = StepRecorder(executor)
+        real_run = run_workload(compose(real_ov + ov + [rate]), rec)
+        real = real_run["metrics"]
+        rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim),
+                     **step_diagnostics(model, rec.steps, real_run["engine"].step_records)})
         log(f"  {name}: output tok/s real {real['output_throughput']:.1f} sim {sim['output_throughput']:.1f}")
     table = pd.DataFrame(rows)
     table.attrs["load_average"] = {"before": load_before, "after": load_average()}
@@ -101,6 +106,21 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out_csv, index=False, float_format="%.4g")
     return table
+
+
+def step_diagnostics(model: CalibratedCostModel, steps: list[tuple[dict[str, float], float]],
+                     records: list[Any]) -> dict[str, float]:
+    """Where a real run's time went vs the model, step by step: ``exec_err_pct`` is the model's
+    total ``execute()`` time on the run's own step shapes vs the measured total (%), and
+    ``host_ms_real``/``host_ms_model`` the mean engine time per step outside ``execute()``."""
+    from kvlab.calibrate.overhead import host_gaps
+
+    pred = sum(model.execute_time(f) for f, _ in steps)
+    meas = sum(d for _, d in steps)
+    gaps = host_gaps(records)
+    return {"steps": len(steps), "exec_err_pct": 100 * (pred - meas) / meas if meas else math.nan,
+            "host_ms_real": 1e3 * sum(g for _, g in gaps) / len(gaps) if gaps else math.nan,
+            "host_ms_model": 1e3 * sum(model.host_time(n) for n, _ in gaps) / len(gaps) if gaps else math.nan}
 
 
 def summary(table: pd.DataFrame) -> dict[str, float]:
@@ -112,16 +132,21 @@ def summary(table: pd.DataFrame) -> dict[str, float]:
 
 def markdown(table: pd.DataFrame) -> str:
     """The error table as Markdown: one row per workload, sim error per metric (% or diff)."""
-    head = "| workload | rate | " + " | ".join(METRICS.values()) + " |"
-    lines = [head, "|" + " --- |" * (len(METRICS) + 2)]
+    diag = "exec_err_pct" in table.columns
+    head = "| workload | rate | " + " | ".join(METRICS.values()) + (
+        " | step model vs measured execute() | host ms/step real / model |" if diag else " |")
+    lines = [head, "|" + " --- |" * (len(METRICS) + 2 + 2 * diag)]
     for r in table.to_dict("records"):
         cells = []
         for m in METRICS:
             e = r[f"err_{m}"]
             cells.append(f"{e:+.0f} ({r[f'real_{m}']:.0f}→{r[f'sim_{m}']:.0f})" if m == "num_preemptions"
                          else f"{e:+.1f}%")
+        if diag:
+            cells += [f"{r['exec_err_pct']:+.1f}%", f"{r['host_ms_real']:.2f} / {r['host_ms_model']:.2f}"]
         lines.append(f"| {r['workload']} | {r['rate']} | " + " | ".join(cells) + " |")
     s = summary(table)
     lines.append("| **mean abs. error** | | " + " | ".join(
-        f"{s[m]:.1f}" if m == "num_preemptions" else f"{s[m]:.1f}%" for m in METRICS) + " |")
+        f"{s[m]:.1f}" if m == "num_preemptions" else f"{s[m]:.1f}%" for m in METRICS) + (
+        f" | {table['exec_err_pct'].abs().mean():.1f}% | |" if diag else " |"))
     return "\n".join(lines)

@@ -8,7 +8,8 @@ executor on a CPU) from the work the step contains. Functional form, one term pe
               + c_decode_seq  x decode_seqs    per decode sequence (metadata, block-table rows, sampling setup)
               + c_chunk       x chunks         per multi-token chunk (one gather + one SDPA call per layer each)
               + c_token       x tokens         per batched token: the dense layers (2 x matmul params FLOPs)
-              + c_decode_kv   x decode_kv      per KV token of the decode group, padded to its longest context
+              + c_decode_kv   x decode_kv      per KV token the decode group attends (sum of its contexts)
+              + c_decode_pad  x decode_pad     per padding slot when decodes are padded to the longest context
               + c_chunk_kv    x chunk_kv       per KV token a chunk gathers (its whole context)
               + c_causal_pair x causal_pairs   per causal (query, key) pair of chunks starting at 0
               + c_masked_pair x masked_pairs   per (query, key) pair of chunks with cached context (masked SDPA)
@@ -19,15 +20,18 @@ executor on a CPU) from the work the step contains. Functional form, one term pe
 Every coefficient is seconds per unit of its feature and >= 0 (fitted by non-negative least
 squares, :mod:`kvlab.calibrate.fit`), so each keeps its meaning: e.g. ``2 x matmul_params /
 c_token`` is the achieved dense FLOP/s and ``kv_bytes_per_token / c_decode_kv`` the achieved
-gather bandwidth. The features mirror how the torch executor batches a step (decodes padded to
-the longest context in one SDPA; each chunk its own gather and SDPA), see
-``kvlab/kernels/paged_attention.py``.
+read bandwidth. The features mirror how the torch executor batches a step: decodes either
+attended in place per sequence (the CPU backend's C op: cost follows the sum of contexts) or
+padded to the longest context in one SDPA (the torch path: the padding slots cost too, so they are
+a feature of their own and the fit says which path the profiled executor took); each chunk its own
+gather and SDPA, see ``kvlab/kernels/paged_attention.py``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from kvlab.executor.base import ScheduledSeq
 
@@ -37,7 +41,8 @@ FEATURES: tuple[tuple[str, str, str], ...] = (
     ("decode_seqs", "seq", "per decode sequence: metadata, block-table row, batch bookkeeping"),
     ("chunks", "chunk", "per multi-token chunk: its own KV gather and SDPA call in every layer"),
     ("tokens", "token", "per batched token: the dense layers (qkv, out, MLP), norms, rope"),
-    ("decode_kv", "token", "per KV token of the decode group, padded to the longest decode context"),
+    ("decode_kv", "token", "per KV token the decode group attends (the sum of the decode contexts)"),
+    ("decode_pad", "token", "per padding slot of the decode group (longest context x decodes - sum)"),
     ("chunk_kv", "token", "per KV token a chunk gathers through its block table (its whole context)"),
     ("causal_pairs", "pair", "per causal (query, key) pair of chunks that start at position 0"),
     ("masked_pairs", "pair", "per (query, key) pair of chunks with cached context (explicit mask)"),
@@ -57,7 +62,7 @@ def step_features(seqs: Sequence[ScheduledSeq]) -> dict[str, float]:
     if not seqs:
         return f
     f["step"] = 1.0
-    max_dec = 0
+    max_dec = sum_dec = 0
     for s in seqs:
         n, start = len(s.token_ids), s.start_pos
         ctx = start + n
@@ -67,6 +72,7 @@ def step_features(seqs: Sequence[ScheduledSeq]) -> dict[str, float]:
         if n == 1:
             f["decode_seqs"] += 1
             max_dec = max(max_dec, ctx)
+            sum_dec += ctx
             continue
         f["chunks"] += 1
         f["chunk_kv"] += ctx
@@ -74,7 +80,8 @@ def step_features(seqs: Sequence[ScheduledSeq]) -> dict[str, float]:
             f["causal_pairs"] += n * (n + 1) / 2
         else:
             f["masked_pairs"] += n * ctx
-    f["decode_kv"] = f["decode_seqs"] * max_dec
+    f["decode_kv"] = float(sum_dec)
+    f["decode_pad"] = f["decode_seqs"] * max_dec - sum_dec
     return f
 
 
@@ -89,10 +96,17 @@ class CalibratedCostModel:
     coef: Mapping[str, float]
     host: Mapping[str, float]
 
+    @classmethod
+    def from_profile(cls, prof: Mapping[str, Any]) -> CalibratedCostModel:
+        """The model of a calibration profile (``kvlab.calibration_profile.load_profile``)."""
+        return cls({k: float(v["value"]) for k, v in prof["coefficients"].items()},
+                   {k: float(v["value"]) for k, v in prof["host_overhead"].items()})
+
     def __post_init__(self) -> None:
         missing = [k for k in FEATURE_NAMES if k not in self.coef]
         if missing:
-            raise ValueError(f"calibrated cost model: missing coefficient(s) {missing}")
+            raise ValueError(f"calibrated cost model: missing coefficient(s) {missing} (a profile made by an "
+                             "older kvlab with another functional form: rerun `python -m kvlab.calibrate`)")
         for k in FEATURE_NAMES:
             if float(self.coef[k]) < 0:
                 raise ValueError(f"calibrated cost model: coefficient {k} must be >= 0")

@@ -86,9 +86,7 @@ class SimExecutor:
 
         self.provenance_problems = check_provenance(prof, model=self.shape.name,
                                                     dtype_bytes=self.shape.dtype_bytes, force=force)
-        self.calibrated = CalibratedCostModel(
-            {k: float(v["value"]) for k, v in prof["coefficients"].items()},
-            {k: float(v["value"]) for k, v in prof["host_overhead"].items()})
+        self.calibrated = CalibratedCostModel.from_profile(prof)
         if prof.get("kv_budget_bytes"):
             self._budget_bytes = int(prof["kv_budget_bytes"])
 

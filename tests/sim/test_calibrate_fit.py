@@ -13,7 +13,7 @@ from kvlab.executor.cost_calibrated import FEATURE_NAMES, CalibratedCostModel, s
 
 # A made-up machine: every term matters somewhere on the grid (seconds per unit).
 TRUE = {"step": 20e-3, "decode_seqs": 0.3e-3, "chunks": 2e-3, "tokens": 1.5e-3, "decode_kv": 4e-6,
-        "chunk_kv": 2e-6, "causal_pairs": 0.5e-6, "masked_pairs": 1e-6, "logit_rows": 1e-3}
+        "decode_pad": 3e-6, "chunk_kv": 2e-6, "causal_pairs": 0.5e-6, "masked_pairs": 1e-6, "logit_rows": 1e-3}
 
 
 class NoisyExecutor:
@@ -66,14 +66,17 @@ def test_fit_recovers_constants_from_noisy_synthetic_executor() -> None:
     assert fit.rms_rel_error < 0.05
 
 
-def test_fit_keeps_an_absent_term_at_zero() -> None:
-    coef = dict(TRUE, masked_pairs=0.0)
+@pytest.mark.parametrize("absent,point", [("masked_pairs", "chunk256@768"), ("decode_pad", "decode-uneven16")])
+def test_fit_keeps_an_absent_term_at_zero(absent: str, point: str) -> None:
+    # e.g. decode_pad: an executor that attends decodes in place pays nothing for padding
+    coef = dict(TRUE, **{absent: 0.0})
     measured = measure(NoisyExecutor(coef, spike_p=0.0), design(quick=False), repeats=3)
     fit = fit_relative([m.point.features() for m in measured], [m.median for m in measured], FEATURE_NAMES)
     assert all(v >= 0 for v in fit.coef.values())
-    # its contribution on the chunk point that has masked pairs is negligible
-    f = next(m.point.features() for m in measured if m.point.name == "chunk256@768")
-    assert fit.coef["masked_pairs"] * f["masked_pairs"] < 0.05 * CalibratedCostModel(coef, {}).execute_time(f)
+    # its contribution on the point where that term is largest is negligible
+    f = next(m.point.features() for m in measured if m.point.name == point)
+    assert f[absent] > 0
+    assert fit.coef[absent] * f[absent] < 0.05 * CalibratedCostModel(coef, {}).execute_time(f)
 
 
 def test_host_overhead_fit_is_robust_to_spikes() -> None:
@@ -86,3 +89,25 @@ def test_host_overhead_fit_is_robust_to_spikes() -> None:
     h = fit_host(gaps)
     assert h["step"] == pytest.approx(1e-3, rel=0.1)
     assert h["seqs"] == pytest.approx(50e-6, rel=0.1)
+
+
+def test_step_features_count_the_work_of_a_mixed_step() -> None:
+    from kvlab.executor.base import ScheduledSeq
+    from kvlab.request import SamplingParams
+
+    sp = SamplingParams(max_tokens=4)
+    seqs = [ScheduledSeq(0, "a", [1], 9, [0], 1, sp), ScheduledSeq(1, "b", [1], 29, [1, 2], 1, sp),
+            ScheduledSeq(2, "c", [1] * 6, 0, [3], 1, sp), ScheduledSeq(3, "d", [1] * 4, 12, [4], 0, sp)]
+    f = step_features(seqs)
+    assert f["decode_seqs"] == 2 and f["chunks"] == 2 and f["tokens"] == 12 and f["logit_rows"] == 3
+    assert f["decode_kv"] == 10 + 30  # each decode's context, its new token included
+    assert f["decode_pad"] == 2 * 30 - 40  # padded to the longest decode
+    assert f["chunk_kv"] == 6 + 16 and f["causal_pairs"] == 21 and f["masked_pairs"] == 4 * 16
+    # the grid's steps scatter every sequence's blocks over the pool, and never share one
+    from kvlab.calibrate.grid import design
+
+    for p in design(quick=False):
+        tables = [b for s in p.step(sp).seqs for b in s.block_table]
+        assert len(set(tables)) == len(tables) == p.blocks_needed()
+    big = next(p for p in design(quick=False) if p.name == "decode-uneven16").step(sp).seqs[0].block_table
+    assert big != list(range(big[0], big[0] + len(big)))
