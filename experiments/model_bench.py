@@ -1,7 +1,7 @@
 """Micro-benchmark of the torch executor: load time and batched-decode tokens/s.
 
 ``python experiments/model_bench.py --dtype bfloat16 --batch 1 32 --context 256 --steps 16 [--gemm native]
-[--attention-backend torch|cpu] [--no-prefill]``
+[--attention-backend torch|cpu] [--weight-blocks auto|off|N] [--no-prefill]``
 prefills ``batch`` synthetic sequences of ``context`` tokens (block size 16, shuffled block ids),
 then times ``steps`` decode steps of the whole batch and prints one JSON line per batch size.
 Numbers are only meaningful on a quiet machine: on 2 shared cores another process halves them
@@ -66,8 +66,10 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--gemm", default="auto", choices=["auto", "native", "upcast"],
-                    help="16-bit matmul path (kvlab.models.linear)")
+    ap.add_argument("--gemm", default="auto", choices=["auto", "native", "upcast", "packed"],
+                    help="matmul path (kvlab.models.linear)")
+    ap.add_argument("--weight-blocks", default="auto",
+                    help="auto|off|N: small-batch matmuls over the GGUF blocks (kvlab.models.block_linear)")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 32])
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--steps", type=int, default=16)
@@ -76,7 +78,9 @@ def main() -> None:
     args = ap.parse_args()
     t = time.perf_counter()
     ex = TorchExecutor(resolve_model(args.model), device=args.device, dtype=args.dtype,
-                       num_threads=args.threads, gemm=args.gemm, attention_backend=args.attention_backend)
+                       num_threads=args.threads, gemm=args.gemm, attention_backend=args.attention_backend,
+                       weight_blocks=int(args.weight_blocks) if args.weight_blocks.isdigit() else args.weight_blocks)
+    print(ex.precision.summary(), flush=True)
     load_s = time.perf_counter() - t
     for b in args.batch:
         row = decode_tok_s(ex, b, args.context, args.steps, prefill=not args.no_prefill)

@@ -137,7 +137,9 @@ class TorchOptions:
         device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: one of :data:`DTYPE_CHOICES` (``auto`` is decided from the device and CPU at run time).
         attention_backend: one of :data:`BACKEND_CHOICES` (``auto``: triton on CUDA, torch on CPU).
-        gemm: one of :data:`GEMM_CHOICES` (the 16-bit matmul path on CPUs without a bf16 GEMM).
+        gemm: one of :data:`GEMM_CHOICES` (the CPU matmul path).
+        weight_blocks: ``auto``, ``off`` or a row count: small-batch matmuls over the checkpoint's
+            GGUF blocks (:mod:`kvlab.models.block_linear`).
         num_threads: torch CPU threads; None = all cores.
         seed: the run's seed (weights of random checkpoints, unseeded sampling).
     """
@@ -148,6 +150,7 @@ class TorchOptions:
     gemm: str = "auto"
     num_threads: int | None = None
     seed: int = 0
+    weight_blocks: str | int = "auto"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> TorchOptions:
@@ -159,6 +162,12 @@ class TorchOptions:
         threads = ex.get("num_threads")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
             raise ValueError(f"executor.num_threads={threads!r}: must be a positive integer or null (all cores)")
+        blocks = ex.get("weight_blocks", "auto")
+        blocks = "auto" if blocks is None else blocks
+        is_rows = isinstance(blocks, int) and not isinstance(blocks, bool) and blocks >= 0
+        if not (blocks in ("auto", "off") or is_rows):
+            raise ValueError(f"executor.weight_blocks={blocks!r} is unknown; choose one of: auto, off, "
+                             "or a number of rows (>= 0)")
         seed = cfg.get("seed") or 0
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed={seed!r}: must be an integer")
@@ -166,4 +175,4 @@ class TorchOptions:
                    attention_backend=_choice("executor.attention_backend",
                                              str(ex.get("attention_backend") or "auto"), BACKEND_CHOICES),
                    gemm=_choice("executor.gemm", str(ex.get("gemm") or "auto"), GEMM_CHOICES),
-                   num_threads=threads, seed=seed)
+                   num_threads=threads, seed=seed, weight_blocks=blocks)

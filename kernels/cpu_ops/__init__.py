@@ -1,5 +1,8 @@
 """kvlab's native CPU ops: small C kernels built on first use and called through ``ctypes``.
 
+Ops: ``paged_decode`` (decode attention read in place from the block cache) and ``qgemm`` (a
+matmul over weights kept in the checkpoint's GGUF block formats, dequantized in registers).
+
 Why C and not a torch extension: a ``torch.utils.cpp_extension`` build includes torch's headers
 and took 48 s for an empty function on the 2-core dev VM; these files include only libc headers
 and build in about a second. Why a kernel at all: on a CPU, torch has no attention over a paged
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("paged_decode.c",)
+SOURCES = ("paged_decode.c", "qgemm.c")
 CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 _HERE = Path(__file__).resolve().parent
 _LOCK = threading.Lock()
@@ -81,6 +84,9 @@ def _bind(lib: ctypes.CDLL) -> None:
     fn = lib.kvlab_paged_decode_f32
     fn.argtypes = [p, p, p, p, i64, p, i64, i64, i64, i64, i64, f32, p]
     fn.restype = ctypes.c_int
+    q = lib.kvlab_qgemm
+    q.argtypes = [ctypes.c_int, p, i64, i64, p, i64, p]
+    q.restype = ctypes.c_int
 
 
 def load() -> ctypes.CDLL | None:
@@ -115,6 +121,29 @@ def reset() -> None:
     """Forget the loaded library (tests switch ``KVLAB_CPU_OPS`` / ``CC``)."""
     with _LOCK:
         _STATE.clear()
+
+
+BLOCK_FORMATS = {"Q4_1": (0, 20), "Q8_0": (1, 34)}  # GGUF block format -> (kernel id, bytes per 32 weights)
+
+
+def qgemm(x: torch.Tensor, fmt: str, blocks: torch.Tensor, rows: int, cols: int) -> torch.Tensor | None:
+    """``x @ W.T`` with W stored as GGUF blocks (see ``qgemm.c``): x [M, cols] fp32, ``blocks``
+    [rows, cols/32 * bytes] uint8 contiguous. Returns [M, rows] fp32, or None where the op cannot
+    run (no library, another dtype, an unknown format, cols not a multiple of 32). Pure."""
+    lib = load()
+    spec = BLOCK_FORMATS.get(fmt)
+    if lib is None or spec is None or x.dtype != torch.float32 or x.device.type != "cpu" or cols % 32:
+        return None
+    if x.dim() != 2 or x.shape[1] != cols or blocks.dtype != torch.uint8 or not blocks.is_contiguous():
+        return None
+    if blocks.shape != (rows, cols // 32 * spec[1]):
+        return None
+    x = x.contiguous()
+    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    if x.shape[0] == 0:
+        return y
+    rc = lib.kvlab_qgemm(spec[0], x.data_ptr(), x.shape[0], cols, blocks.data_ptr(), rows, y.data_ptr())
+    return y if rc == 0 else None
 
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, tables: torch.Tensor,

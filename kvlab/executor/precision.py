@@ -9,7 +9,12 @@ tiled upcast path works around it). So the default is decided on the machine, at
 * CPU with a native bf16 GEMM (torch's oneDNN says so AND the CPU flags show ``avx512_bf16`` or
   ``amx_bf16``): bf16 if a short measured check says a model-shaped bf16 matmul is faster than
   fp32 (by :data:`MARGIN`), else fp32.
-* CPU without one: fp32, or bf16 through the tiled upcast path if the check says that is faster.
+* CPU without one: fp32, not measured against bf16. The tiled upcast path makes only the
+  matmuls of a bf16 model fast; the rest of a step (the C paged-decode op, the matmuls over the
+  checkpoint's GGUF blocks, the elementwise ops) has an fp32-only fast path, and on the AVX2 dev VM
+  a bf16 model measured 1.7-2.5x slower per decode step even when the matmul check alone rated
+  upcast at 0.89x fp32 (a check that flipped between runs around the 0.9 margin). ``dtype=bfloat16``
+  (or ``executor.gemm=upcast`` with ``dtype=auto``, which then measures) still chooses it.
 * fp32 on a CPU (chosen or explicit) runs through oneDNN on prepacked weights (``gemm=packed``,
   :class:`kvlab.models.linear.PackedLinear`) where torch has oneDNN and the check says it beats
   torch's own fp32 matmul (MKL) by :data:`MARGIN`; that fp32 time is the one bf16 must beat.
@@ -40,6 +45,8 @@ from kvlab.models.linear import has_native_gemm, packed_gemm_available, prepare_
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CHECK_ROWS = 16  # the batched decode step the check times (a busy server)
 MARGIN = 0.9  # bf16 must take less than this fraction of fp32's time to be chosen
+UPCAST_NOT_AUTO = ("the tiled upcast path speeds up the matmuls only, while the C decode op and the GGUF "
+                   "block matmuls are fp32-only: bf16 measured slower end to end; dtype=bfloat16 chooses it")
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 # measure(dtype, gemm) -> seconds for the check's matmuls (injectable for tests)
@@ -62,6 +69,7 @@ class PrecisionChoice:
     cpu_flags: tuple[str, ...] = ()
     native_bf16_gemm: bool = False
     measured_ms: dict[str, float] = field(default_factory=dict)
+    weight_blocks: str = "off"  # matmuls over the checkpoint's GGUF blocks (kvlab.models.block_linear)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (dtype as its name)."""
@@ -72,7 +80,8 @@ class PrecisionChoice:
 
     def summary(self) -> str:
         """One line for the banner."""
-        return f"dtype={DTYPE_NAMES.get(self.dtype, self.dtype)}, gemm={self.gemm} ({self.reason})"
+        out = f"dtype={DTYPE_NAMES.get(self.dtype, self.dtype)}, gemm={self.gemm} ({self.reason})"
+        return out if self.weight_blocks == "off" else f"{out}; weight blocks: {self.weight_blocks}"
 
 
 def cpu_flags() -> tuple[str, ...]:
@@ -221,10 +230,11 @@ def _decide(measure: MeasureFn, gemm: str, flags: tuple[str, ...], native: bool,
     if native and gemm not in ("upcast", "packed"):
         cand, what = (torch.bfloat16, "native"), "native bf16 GEMM (" + "/".join(
             f for f in flags if f in NATIVE_BF16_FLAGS) + ")"
-    elif gemm in ("native", "packed"):  # no bf16 candidate: gemm rules out the upcast path
-        return PrecisionChoice(torch.float32, g32, f"no native bf16 GEMM on this CPU (AVX2-class) or gemm={gemm} "
-                               f"rules out the upcast path: fp32; {why32}", measured_ms=ms, **base)
-    else:
+    elif gemm != "upcast":  # no native bf16 GEMM: fp32 (see UPCAST_NOT_AUTO)
+        why = f"gemm={gemm} rules out the upcast path" if gemm in ("native", "packed") else UPCAST_NOT_AUTO
+        return PrecisionChoice(torch.float32, g32, f"no native bf16 GEMM on this CPU (AVX2-class): fp32 ({why}); "
+                               f"{why32}", measured_ms=ms, **base)
+    else:  # gemm=upcast asked for with dtype=auto: the check decides between it and fp32
         cand, what = (torch.bfloat16, "upcast"), "no native bf16 GEMM; bf16 via the tiled upcast path"
     tc = measure(*cand)
     ms[_key(*cand)] = round(tc * 1e3, 3)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from kvlab.executor.sampler import Sampler
 from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 from kvlab.kernels.quant import make_spec
 from kvlab.kv_quant_format import KVQuantConfig
+from kvlab.models.block_linear import plan_weight_blocks
 from kvlab.models.config import resolve_model
 from kvlab.models.linear import make_linear
 from kvlab.models.llama import LlamaModel
@@ -77,7 +79,8 @@ class TorchExecutor:
                  kv_cache_gib: float | None = None, gpu_memory_utilization: float = 0.9,
                  seed: int = 0, cpu_kv_gib: float = DEFAULT_CPU_KV_GIB,
                  attention_backend: str = "auto", num_threads: int | None = None,
-                 max_model_len: int | None = None, gemm: str = "auto", kv_quant: Any = None) -> None:
+                 max_model_len: int | None = None, gemm: str = "auto", kv_quant: Any = None,
+                 weight_blocks: str | int = "auto") -> None:
         self.kv_quant = KVQuantConfig.parse(kv_quant)
         self.device = resolve_device(device)
         if dtype != "auto":
@@ -91,9 +94,12 @@ class TorchExecutor:
         loaded = load_model(model_cfg, self.device, self.dtype, seed)
         self.arch = loaded.arch
         linear, self.gemm = make_linear(self.device, self.dtype, self.precision.gemm)
+        linear, blocks, why = plan_weight_blocks(weight_blocks, model_cfg, loaded.arch, loaded.weights, linear,
+                                                 self.device, self.dtype)
+        self.precision = replace(self.precision, weight_blocks=why)
         self.attention_backend = resolve_backend_name(attention_backend, self.device)
         self.backend = get_backend(self.attention_backend, self.device)
-        self.model = LlamaModel(loaded.arch, loaded.weights, self.backend, linear)
+        self.model = LlamaModel(loaded.arch, loaded.weights, self.backend, linear, blocks)
         self.tokenizer = loaded.tokenizer
         tok_eos = getattr(self.tokenizer, "eos_token_id", None)
         eos_ids = {*loaded.arch.eos_token_ids, *([tok_eos] if tok_eos is not None else [])}
@@ -233,4 +239,5 @@ def build_torch_executor(cfg: Mapping[str, Any]) -> TorchExecutor:
         max_model_len=kv.max_model_len,
         gemm=opt.gemm,
         kv_quant=KVQuantConfig.from_config(cfg),
+        weight_blocks=opt.weight_blocks,
     )

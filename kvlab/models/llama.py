@@ -29,7 +29,10 @@ class LlamaModel:
     the RoPE tables; stateless between calls (the KV cache is passed in)."""
 
     def __init__(self, arch: ArchConfig, weights: dict[str, torch.Tensor],
-                 backend: AttentionBackend | None = None, linear: LinearFn | None = None) -> None:
+                 backend: AttentionBackend | None = None, linear: LinearFn | None = None,
+                 blocks: dict[str, Any] | None = None) -> None:
+        """``blocks``: the checkpoint's block matrices by kvlab name (:mod:`kvlab.models.gguf_blocks`),
+        attached to the matmul weights where ``linear`` can use them (:mod:`kvlab.models.block_linear`)."""
         self.arch = arch
         self.backend = backend or get_backend("torch")
         self.linear: LinearFn = linear or F.linear  # see kvlab.models.linear
@@ -45,10 +48,18 @@ class LlamaModel:
         tensors = {id(t): t for layer in layers for t in layer.values() if t is not None}
         tensors.update({id(t): t for t in (embed, weights["lm_head"], self.norm)})
         self.num_params = sum(t.numel() for t in tensors.values())
-        # the matmul path may want its weights in its own layout (a oneDNN prepack), once, here
-        self.lm_head = prepare_weight(self.linear, weights["lm_head"])
-        self.layers = [{k: prepare_weight(self.linear, t) if k in MATMUL_WEIGHTS else t for k, t in layer.items()}
-                       for layer in layers]
+        # the matmul path may want its weights in its own layout (a oneDNN prepack), once, here,
+        # and may also read the checkpoint's block-quantized copy of them (small batches)
+        blocks = blocks or {}
+        attach = getattr(self.linear, "attach", None)
+
+        def prep(name: str, t: torch.Tensor) -> Any:
+            t = prepare_weight(self.linear, t)
+            return attach(t, blocks.get(name)) if attach is not None else t
+
+        self.lm_head = prep("lm_head", weights["lm_head"])
+        self.layers = [{k: prep(f"{i}.{k}", t) if k in MATMUL_WEIGHTS else t for k, t in layer.items()}
+                       for i, layer in enumerate(layers)]
         self.rope = RotaryEmbedding(arch.head_dim, arch.max_model_len, arch.rope_theta,
                                     arch.rope_scaling, self.device, self.dtype)
         self.scale = arch.head_dim ** -0.5

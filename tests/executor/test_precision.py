@@ -43,17 +43,24 @@ def test_native_bf16_but_not_faster_keeps_fp32():
     assert "fp32" in c.reason
 
 
-def test_avx2_upcast_faster_picks_bf16_upcast():
-    m, calls = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "upcast"): 0.6})
+def test_avx2_auto_is_fp32_without_measuring_the_upcast_path():
+    m, calls = fake({(torch.float32, "native"): 1.0})
     c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=False, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "native") and "end to end" in c.reason
+    assert calls == [(torch.float32, "native")]
+
+
+def test_avx2_upcast_asked_for_and_faster_picks_bf16_upcast():
+    m, calls = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "upcast"): 0.6})
+    c = choose_precision(CPU, gemm="upcast", flags=AVX2, native_bf16=False, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.bfloat16, "upcast")
     assert "no native bf16 GEMM" in c.reason
     assert (torch.bfloat16, "native") not in calls  # the 5x-slower per-row path is never a candidate
 
 
-def test_avx2_upcast_slower_picks_fp32():
+def test_avx2_upcast_asked_for_but_slower_picks_fp32():
     m, _ = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "upcast"): 1.3})
-    c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=False, measure=m)
+    c = choose_precision(CPU, gemm="upcast", flags=AVX2, native_bf16=False, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.float32, "native")
     assert "1.30x" in c.reason
 
@@ -80,22 +87,25 @@ def test_explicit_dtype_is_never_overridden_and_not_measured():
 
 
 def test_packed_fp32_faster_is_taken_and_is_the_time_bf16_must_beat():
-    # oneDNN prepacked fp32 at 0.5x native: the upcast bf16 path (0.6x native) no longer wins
+    # gemm=upcast asked for: fp32 is not packed, so upcast (0.6x native) wins
     m, calls = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.5,
                      (torch.bfloat16, "upcast"): 0.6})
+    c = choose_precision(CPU, gemm="upcast", flags=AVX2, native_bf16=False, packable=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "upcast") and "0.60x fp32's time" in c.reason
     c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=True, measure=m)
-    assert (c.dtype, c.gemm) == (torch.float32, "packed")
-    assert "1.20x fp32's time" in c.reason and "prepacked" in c.reason
-    assert c.measured_ms == {"float32/native": 1000.0, "float32/packed": 500.0, "bfloat16/upcast": 600.0}
-    # bf16 clearly faster than the best fp32: bf16
+    assert (c.dtype, c.gemm) == (torch.float32, "packed") and "prepacked" in c.reason
+    assert c.measured_ms == {"float32/native": 1000.0, "float32/packed": 500.0}
+    # a native bf16 GEMM must beat the packed fp32 time, not the native one
     m, _ = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.5, (torch.bfloat16, "native"): 0.3})
     c = choose_precision(CPU, flags=AMX, native_bf16=True, packable=True, measure=m)
-    assert (c.dtype, c.gemm) == (torch.bfloat16, "native")
+    assert (c.dtype, c.gemm) == (torch.bfloat16, "native") and "0.60x fp32's time" in c.reason
+    m, _ = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.5, (torch.bfloat16, "native"): 0.6})
+    c = choose_precision(CPU, flags=AMX, native_bf16=True, packable=True, measure=m)
+    assert (c.dtype, c.gemm) == (torch.float32, "packed") and "1.20x fp32's time" in c.reason
 
 
 def test_packed_not_faster_keeps_native_fp32():
-    m, _ = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.95,
-                 (torch.bfloat16, "upcast"): 1.5})
+    m, _ = fake({(torch.float32, "native"): 1.0, (torch.float32, "packed"): 0.95})
     c = choose_precision(CPU, flags=AVX2, native_bf16=False, packable=True, measure=m)
     assert (c.dtype, c.gemm) == (torch.float32, "native") and "0.95x native's time (not < 0.9)" in c.reason
 

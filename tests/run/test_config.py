@@ -77,11 +77,16 @@ def test_torch_options_are_typed_and_bad_values_name_key_and_choices():
     assert opt == TorchOptions(device="cuda:1", dtype="bfloat16", attention_backend="triton", gemm="auto",
                                num_threads=2, seed=3)
     assert TorchOptions.from_config({}) == TorchOptions()
+    assert TorchOptions.from_config({"executor": {"weight_blocks": 8}}).weight_blocks == 8
+    assert TorchOptions.from_config({"executor": {"weight_blocks": "off"}}).weight_blocks == "off"
     for cfg, msg in [({"dtype": "fp8"}, "dtype='fp8' is unknown; choose one of: auto, float32, bfloat16, float16"),
                      ({"device": "tpu"}, "device='tpu' is unknown"),
                      ({"executor": {"attention_backend": "flash"}}, "executor.attention_backend='flash' is unknown; "
                       "choose one of: auto, torch, triton"),
                      ({"executor": {"gemm": "fast"}}, "executor.gemm='fast' is unknown"),
+                     ({"executor": {"weight_blocks": "q4"}}, "executor.weight_blocks='q4' is unknown; choose one of: "
+                      "auto, off, or a number of rows"),
+                     ({"executor": {"weight_blocks": -1}}, "executor.weight_blocks=-1 is unknown"),
                      ({"executor": {"num_threads": 0}}, "executor.num_threads=0")]:
         with pytest.raises(ValueError, match=re.escape(msg)):
             TorchOptions.from_config(cfg)
