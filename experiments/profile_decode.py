@@ -33,7 +33,7 @@ from kvlab.models.config import resolve_model  # noqa: E402
 from kvlab.request import SamplingParams  # noqa: E402
 
 GROUPS = {"matmul (weights)": ("aten::mm", "aten::addmm", "aten::linear", "aten::matmul", "aten::bmm",
-                                "mkldnn::_linear_pointwise"),
+                                "mkldnn::_linear_pointwise", "kvlab::qgemm"),
           "attention (SDPA or the C op)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
                                            "aten::scaled_dot_product_attention", "aten::_softmax",
                                            "kvlab::paged_decode"),
@@ -93,18 +93,22 @@ def sample_python(fn, n: int, interval: float = 1e-3) -> dict[str, list]:
 
 
 def label_native_ops() -> None:
-    """Make the C decode op (kvlab.kernels.cpu_ops, called through ctypes: invisible to the
-    profiler) show up as ``kvlab::paged_decode`` in this script's profiles."""
+    """Make the C ops (kvlab.kernels.cpu_ops, called through ctypes: invisible to the profiler)
+    show up as ``kvlab::paged_decode`` and ``kvlab::qgemm`` in this script's profiles."""
     from kvlab.kernels import cpu_backend, cpu_ops
 
-    op = cpu_ops.paged_decode
+    from kvlab.models import block_linear
 
-    def labelled(*args, **kwargs):
-        with record_function("kvlab::paged_decode"):
-            return op(*args, **kwargs)
+    def label(name: str, op):
+        def labelled(*args, **kwargs):
+            with record_function(name):
+                return op(*args, **kwargs)
+        return labelled
 
-    cpu_backend.cpu_ops = type(cpu_ops)("cpu_ops_labelled")
-    cpu_backend.cpu_ops.__dict__.update(cpu_ops.__dict__, paged_decode=labelled)
+    labelled = type(cpu_ops)("cpu_ops_labelled")
+    labelled.__dict__.update(cpu_ops.__dict__, paged_decode=label("kvlab::paged_decode", cpu_ops.paged_decode),
+                             qgemm=label("kvlab::qgemm", cpu_ops.qgemm))
+    cpu_backend.cpu_ops = block_linear.cpu_ops = labelled
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from kvlab.calibrate.fit import fit_relative
 from kvlab.calibrate.grid import design, measure
 from kvlab.calibrate.overhead import measure_host
-from kvlab.calibrate.runs import CONF_DIR, compose
+from kvlab.calibrate.runs import CONF_DIR, block_rows_of, compose
 from kvlab.calibration_profile import write_profile
 from kvlab.executor.cost_calibrated import FEATURE_NAMES, FEATURES, HOST_FEATURES
 from kvlab.machine import busy_message, fingerprint, load_average
@@ -31,7 +31,9 @@ REPO = CONF_DIR.parent
 DEFAULT_DIR = REPO / "results" / "calibration"
 FORM = ("t_step = c_step + c_decode_seq*decode_seqs + c_chunk*chunks + c_token*tokens + c_decode_kv*decode_kv "
         "+ c_decode_pad*decode_pad + c_chunk_kv*chunk_kv + c_causal_pair*causal_pairs "
-        "+ c_masked_pair*masked_pairs + c_logit_row*logit_rows "
+        "+ c_masked_pair*masked_pairs + c_head*head + c_logit_row*logit_rows "
+        "+ [c_block_step*block_step + c_block_token*block_tokens + c_block_head*block_head "
+        "+ c_block_logit_row*block_logit_rows: steps/rows <= block_rows on GGUF blocks] "
         "+ h_step + h_seq*seqs  (seconds; kvlab/executor/cost_calibrated.py)")
 METHOD = ("per grid point: median of repeats after warm-up, shuffled order per pass; fit: non-negative least "
           "squares on relative error (rows scaled by 1/measured, Lawson-Hanson); host overhead: medians of "
@@ -88,12 +90,16 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
     if executor is None:
         log("loading the model on the real executor ...")
         executor = build_real_executor(ov)
+    block_rows = block_rows_of(executor)
+    if block_rows:
+        log(f"matmuls of <= {block_rows} rows read the GGUF blocks (executor.weight_blocks): block terms fitted")
     points = design(quick)
     reps = repeats or (2 if quick else 4)
     with tqdm(total=len(points) * (1 + reps), desc="grid steps", unit="step", dynamic_ncols=True) as bar:
         measured = measure(executor, points, reps, warmup=1,
                            progress=lambda d, n, name: (bar.update(1), bar.set_postfix_str(name, refresh=False)))
-    fit = fit_relative([m.point.features() for m in measured], [m.median for m in measured], FEATURE_NAMES)
+    fit = fit_relative([m.point.features(block_rows) for m in measured], [m.median for m in measured],
+                       FEATURE_NAMES)
     log(f"step-time fit: {len(points)} points, RMS relative error {100 * fit.rms_rel_error:.1f}%, "
         f"max {100 * fit.max_abs_rel_error:.1f}%")
     log("measuring the engine's host overhead on the calibration workload ...")
@@ -112,7 +118,7 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
         "dtype": dtype, "dtype_bytes": _dtype_bytes(dtype),
         "threads": threads, "torch": _torch_version(), "mode": "quick" if quick else "full",
         "load_average": {"before": load_before, "after": load_after}, "busy_warning": warn,
-        "form": FORM, "method": METHOD,
+        "form": FORM, "method": METHOD, "block_rows": block_rows,
         "coefficients": {k: {"value": fit.coef[k], "unit": f"s/{u}", "meaning": m} for k, u, m in FEATURES},
         "host_overhead": {k: {"value": host["fit"][k], "unit": f"s/{u}", "meaning": m} for k, u, m in HOST_FEATURES},
         "host_measurement": {k: v for k, v in host.items() if k != "fit"},
@@ -123,7 +129,7 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
                 "rms_rel_error": fit.rms_rel_error, "max_abs_rel_error": fit.max_abs_rel_error,
                 "residuals": [{"point": m.point.name, "block_size": m.point.block_size,
                                "measured_s": m.median, "predicted_s": p, "rel_error": (p - m.median) / m.median,
-                               "rel_iqr": m.rel_iqr, **{k: v for k, v in m.point.features().items() if v}}
+                               "rel_iqr": m.rel_iqr, **{k: v for k, v in m.point.features(block_rows).items() if v}}
                               for m, p in zip(measured, fit.predicted)]},
         "seconds": round(time.perf_counter() - t0, 1),
     }

@@ -61,8 +61,8 @@ class GridPoint:
             nxt += nb
         return StepInput(seqs)
 
-    def features(self) -> dict[str, float]:
-        return step_features(self.step(SamplingParams(max_tokens=1)).seqs)
+    def features(self, block_rows: int = 0) -> dict[str, float]:
+        return step_features(self.step(SamplingParams(max_tokens=1)).seqs, block_rows)
 
 
 def _spread(lo: int, hi: int, k: int) -> tuple[int, ...]:

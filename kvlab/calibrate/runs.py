@@ -34,8 +34,9 @@ class StepRecorder:
     (the step-level view of a real run: which terms of the cost model are off). Everything else
     is the wrapped executor's."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, block_rows: int = 0) -> None:
         self.inner = inner
+        self.block_rows = block_rows
         self.steps: list[tuple[dict[str, float], float]] = []
 
     def __getattr__(self, name: str) -> Any:
@@ -45,8 +46,14 @@ class StepRecorder:
         from kvlab.executor.cost_calibrated import step_features
 
         out = self.inner.execute(step)
-        self.steps.append((step_features(step.seqs), float(out.duration_s)))
+        self.steps.append((step_features(step.seqs, self.block_rows), float(out.duration_s)))
         return out
+
+
+def block_rows_of(executor: Any) -> int:
+    """The rows up to which ``executor``'s matmuls read GGUF blocks (``executor.weight_blocks``), 0 = none."""
+    linear = getattr(getattr(executor, "model", None), "linear", None)
+    return int(getattr(linear, "max_rows", 0) or 0)
 
 
 def run_workload(cfg: dict[str, Any], executor: Any | None = None, *, desc: str = "requests",

@@ -80,7 +80,11 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     device = str(prof["machine"].get("device", "cpu"))
     extra = list(prof.get("model_overrides") or [])
     model = prof.get("model_group") or prof["model"]
-    real_ov = executor_overrides(model, prof["dtype"], device, int(prof["threads"]), extra)
+    block_rows = int(prof.get("block_rows") or 0)
+    # the real executor takes the profile's block rows (not its own start-up measurement), so both
+    # executors route the same steps to the same matmul path
+    real_ov = executor_overrides(model, prof["dtype"], device, int(prof["threads"]), extra) + [
+        f"executor.weight_blocks={block_rows if block_rows else 'off'}"]
     sim_ov = ["executor=sim", "hardware=calibrated", f"hardware.profile={prof['path']}", f"model={model}",
               f"model.dtype_bytes={prof['dtype_bytes']}", f"hardware.force={str(force).lower()}",
               "kv.swap_space_gib=0", "show_progress=false", *extra]
@@ -94,7 +98,7 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     for name, ov, mult in tqdm(wls, desc="held-out workloads", unit="run", dynamic_ncols=True):
         rate = "workload.rate=null" if mult is None else f"workload.rate={round(mult * sat, 4)}"
         sim = run_workload(compose(sim_ov + ov + [rate]))["metrics"]
-        rec = StepRecorder(executor)
+        rec = StepRecorder(executor, block_rows)
         real_run = run_workload(compose(real_ov + ov + [rate]), rec)
         real = real_run["metrics"]
         rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim),

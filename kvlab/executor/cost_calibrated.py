@@ -8,12 +8,16 @@ executor on a CPU) from the work the step contains. Functional form, one term pe
               + c_decode_seq  x decode_seqs    per decode sequence (metadata, block-table rows, sampling setup)
               + c_chunk       x chunks         per multi-token chunk (one gather + one SDPA call per layer each)
               + c_token       x tokens         per batched token: the dense layers (2 x matmul params FLOPs)
+              (step/tokens split by matmul path: ``block_step``/``block_tokens`` for a step of at most
+               ``block_rows`` tokens, whose layer matmuls read the GGUF blocks, kvlab.models.block_linear)
               + c_decode_kv   x decode_kv      per KV token the decode group attends (sum of its contexts)
               + c_decode_pad  x decode_pad     per padding slot when decodes are padded to the longest context
               + c_chunk_kv    x chunk_kv       per KV token a chunk gathers (its whole context)
               + c_causal_pair x causal_pairs   per causal (query, key) pair of chunks starting at 0
               + c_masked_pair x masked_pairs   per (query, key) pair of chunks with cached context (masked SDPA)
+              + c_head        x head           per step that samples: streaming the lm head once
               + c_logit_row   x logit_rows     per sampled row: lm head (2 x vocab x hidden FLOPs) + sampler
+              (head/logit_rows likewise split: ``block_head``/``block_logit_rows`` at <= block_rows rows)
     t_host    = h_step + h_seq x seqs          engine work outside execute(): schedule, commit, records
     step      = t_execute + t_host
 
@@ -46,7 +50,12 @@ FEATURES: tuple[tuple[str, str, str], ...] = (
     ("chunk_kv", "token", "per KV token a chunk gathers through its block table (its whole context)"),
     ("causal_pairs", "pair", "per causal (query, key) pair of chunks that start at position 0"),
     ("masked_pairs", "pair", "per (query, key) pair of chunks with cached context (explicit mask)"),
+    ("head", "step", "per step with sampled rows on the dense lm head: streaming its weights once"),
     ("logit_rows", "row", "per sampled row: lm head GEMV over the vocabulary and the sampler"),
+    ("block_step", "step", "fixed per forward whose layer matmuls read the GGUF blocks (<= block_rows tokens)"),
+    ("block_tokens", "token", "per batched token of such a step (block matmuls, norms, rope)"),
+    ("block_head", "step", "per step whose <= block_rows sampled rows use the lm head's GGUF blocks"),
+    ("block_logit_rows", "row", "per sampled row on the lm head's GGUF blocks, and the sampler"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f[0] for f in FEATURES)
 HOST_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -55,8 +64,9 @@ HOST_FEATURES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def step_features(seqs: Sequence[ScheduledSeq]) -> dict[str, float]:
-    """The feature vector of one step (see the module docstring). Pure."""
+def step_features(seqs: Sequence[ScheduledSeq], block_rows: int = 0) -> dict[str, float]:
+    """The feature vector of one step (see the module docstring); ``block_rows``: the largest
+    matmul (in rows) the profiled executor runs over GGUF blocks, 0 = none. Pure."""
     f = dict.fromkeys(FEATURE_NAMES, 0.0)
     seqs = [s for s in seqs if s.token_ids]
     if not seqs:
@@ -82,6 +92,13 @@ def step_features(seqs: Sequence[ScheduledSeq]) -> dict[str, float]:
             f["masked_pairs"] += n * ctx
     f["decode_kv"] = float(sum_dec)
     f["decode_pad"] = f["decode_seqs"] * max_dec - sum_dec
+    if 0 < f["tokens"] <= block_rows:  # every layer matmul of this step reads the blocks
+        f["block_step"], f["block_tokens"], f["step"], f["tokens"] = 1.0, f["tokens"], 0.0, 0.0
+    rows = f["logit_rows"]
+    if 0 < rows <= block_rows:
+        f["block_head"], f["block_logit_rows"], f["logit_rows"] = 1.0, rows, 0.0
+    elif rows > 0:
+        f["head"] = 1.0
     return f
 
 
@@ -95,12 +112,13 @@ class CalibratedCostModel:
 
     coef: Mapping[str, float]
     host: Mapping[str, float]
+    block_rows: int = 0  # the profiled executor's executor.weight_blocks rows (0: none)
 
     @classmethod
     def from_profile(cls, prof: Mapping[str, Any]) -> CalibratedCostModel:
         """The model of a calibration profile (``kvlab.calibration_profile.load_profile``)."""
         return cls({k: float(v["value"]) for k, v in prof["coefficients"].items()},
-                   {k: float(v["value"]) for k, v in prof["host_overhead"].items()})
+                   {k: float(v["value"]) for k, v in prof["host_overhead"].items()}, int(prof.get("block_rows") or 0))
 
     def __post_init__(self) -> None:
         missing = [k for k in FEATURE_NAMES if k not in self.coef]
@@ -123,7 +141,7 @@ class CalibratedCostModel:
 
     def step_time(self, seqs: Sequence[ScheduledSeq]) -> float:
         """Wall seconds one engine step takes: execute + host overhead."""
-        feats = step_features(seqs)
-        if feats["step"] == 0:
+        feats = step_features(seqs, self.block_rows)
+        if feats["step"] + feats["block_step"] == 0:
             return 0.0
         return self.execute_time(feats) + self.host_time(int(feats["decode_seqs"] + feats["chunks"]))

@@ -27,6 +27,8 @@ from kvlab.models.gguf_blocks import BlockWeight
 from kvlab.models.linear import LinearFn, prepare_weight
 
 CHECK_ROWS = (1, 2, 4, 8, 16, 32, 64)
+_BLOCKS: dict[tuple, dict[str, BlockWeight]] = {}
+_CROSSOVER: dict[tuple, tuple[int, dict]] = {}
 
 
 @dataclass
@@ -121,13 +123,20 @@ def plan_weight_blocks(setting: str | int, model_cfg: Mapping[str, Any], arch: A
         return dense, None, "off (the checkpoint is not a GGUF file)"
     if cpu_ops.load() is None:
         return dense, None, f"off (kvlab CPU ops: {cpu_ops.status()})"
-    blocks = load_gguf_blocks(gguf_path(str(ckpt)), arch)
+    path = gguf_path(str(ckpt))
+    key = (str(path), path.stat().st_size, arch.num_layers, arch.hidden_size)
+    if key not in _BLOCKS:  # read-only tensors: every executor of the process shares one copy
+        _BLOCKS[key] = load_gguf_blocks(path, arch)
+    blocks = _BLOCKS[key]
     if not blocks:
         return dense, None, "off (no Q4_1/Q8_0 matrices in the checkpoint)"
     mb = sum(b.nbytes for b in blocks.values()) / 1e6
     if setting == "auto":
         names = [f"{i}.gate_up" for i in range(min(8, arch.num_layers))]
-        max_rows, times = crossover_rows(dense, weights, blocks, names)
+        ckey = (*key, getattr(dense, "__name__", type(dense).__name__), torch.get_num_threads())
+        if ckey not in _CROSSOVER:  # measured once per process, dense path and thread count
+            _CROSSOVER[ckey] = crossover_rows(dense, weights, blocks, names)
+        max_rows, times = _CROSSOVER[ckey]
         if max_rows == 0:
             return dense, None, f"off (block matmul measured slower than the dense path at 1 row: {times})"
         why = f"measured faster up to {max_rows} rows, ms block/dense by rows {times}"

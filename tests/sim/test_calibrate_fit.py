@@ -13,14 +13,18 @@ from kvlab.executor.cost_calibrated import FEATURE_NAMES, CalibratedCostModel, s
 
 # A made-up machine: every term matters somewhere on the grid (seconds per unit).
 TRUE = {"step": 20e-3, "decode_seqs": 0.3e-3, "chunks": 2e-3, "tokens": 1.5e-3, "decode_kv": 4e-6,
-        "decode_pad": 3e-6, "chunk_kv": 2e-6, "causal_pairs": 0.5e-6, "masked_pairs": 1e-6, "logit_rows": 1e-3}
+        "decode_pad": 3e-6, "chunk_kv": 2e-6, "causal_pairs": 0.5e-6, "masked_pairs": 1e-6, "head": 4e-3,
+        "logit_rows": 1e-3}
+# ... and one whose small steps read GGUF blocks (kvlab.models.block_linear): cheaper fixed cost
+BLOCK_TRUE = {**TRUE, "block_step": 8e-3, "block_tokens": 2.5e-3, "block_head": 1e-3, "block_logit_rows": 0.4e-3}
 
 
 class NoisyExecutor:
     """Step time = the true linear model x lognormal noise; occasional 3x spikes (a busy machine)."""
 
-    def __init__(self, coef: dict[str, float], sigma: float = 0.03, spike_p: float = 0.05, seed: int = 0) -> None:
-        self.model = CalibratedCostModel(coef, {})
+    def __init__(self, coef: dict[str, float], sigma: float = 0.03, spike_p: float = 0.05, seed: int = 0,
+                 block_rows: int = 0) -> None:
+        self.model = CalibratedCostModel(dict.fromkeys(FEATURE_NAMES, 0.0) | coef, {}, block_rows)
         self.rng = np.random.default_rng(seed)
         self.sigma, self.spike_p = sigma, spike_p
         self.block_sizes: list[int] = []
@@ -29,7 +33,8 @@ class NoisyExecutor:
         self.block_sizes.append(block_size)
 
     def execute(self, step: StepInput) -> StepOutput:
-        t = self.model.execute_time(step_features(step.seqs)) * float(self.rng.lognormal(0, self.sigma))
+        t = self.model.execute_time(step_features(step.seqs, self.model.block_rows))
+        t *= float(self.rng.lognormal(0, self.sigma))
         if self.rng.random() < self.spike_p:
             t *= 3.0
         return StepOutput({}, t)
@@ -47,15 +52,16 @@ def test_nnls_matches_a_known_solution() -> None:
     assert (x >= 0).all() and x[1] == 0.0
 
 
-def test_fit_recovers_constants_from_noisy_synthetic_executor() -> None:
-    ex = NoisyExecutor(TRUE)
+@pytest.mark.parametrize("true,block_rows", [(TRUE, 0), (BLOCK_TRUE, 16)], ids=["dense", "gguf-blocks"])
+def test_fit_recovers_constants_from_noisy_synthetic_executor(true: dict[str, float], block_rows: int) -> None:
+    ex = NoisyExecutor(true, block_rows=block_rows)
     points = design(quick=False)
     measured = measure(ex, points, repeats=5, warmup=1)
     assert sorted(set(ex.block_sizes)) == [16, 32]  # the grid varies the block size
-    feats = [m.point.features() for m in measured]
+    feats = [m.point.features(block_rows) for m in measured]
     fit = fit_relative(feats, [m.median for m in measured], FEATURE_NAMES)
-    true_t = [CalibratedCostModel(TRUE, {}).execute_time(f) for f in feats]
-    for k, v in TRUE.items():
+    true_t = [ex.model.execute_time(f) for f in feats]
+    for k, v in true.items():
         # where the term weighs most, the fitted term is within 8% of the step's time ...
         i = int(np.argmax([v * f[k] / t for f, t in zip(feats, true_t)]))
         share = v * feats[i][k] / true_t[i]
@@ -69,7 +75,7 @@ def test_fit_recovers_constants_from_noisy_synthetic_executor() -> None:
 @pytest.mark.parametrize("absent,point", [("masked_pairs", "chunk256@768"), ("decode_pad", "decode-uneven16")])
 def test_fit_keeps_an_absent_term_at_zero(absent: str, point: str) -> None:
     # e.g. decode_pad: an executor that attends decodes in place pays nothing for padding
-    coef = dict(TRUE, **{absent: 0.0})
+    coef = dict.fromkeys(FEATURE_NAMES, 0.0) | dict(TRUE, **{absent: 0.0})
     measured = measure(NoisyExecutor(coef, spike_p=0.0), design(quick=False), repeats=3)
     fit = fit_relative([m.point.features() for m in measured], [m.median for m in measured], FEATURE_NAMES)
     assert all(v >= 0 for v in fit.coef.values())
@@ -77,6 +83,21 @@ def test_fit_keeps_an_absent_term_at_zero(absent: str, point: str) -> None:
     f = next(m.point.features() for m in measured if m.point.name == point)
     assert f[absent] > 0
     assert fit.coef[absent] * f[absent] < 0.05 * CalibratedCostModel(coef, {}).execute_time(f)
+
+
+def test_block_path_features_split_by_rows() -> None:
+    from kvlab.executor.base import ScheduledSeq
+    from kvlab.request import SamplingParams
+
+    sp = SamplingParams(max_tokens=4)
+    decodes = [ScheduledSeq(i, str(i), [1], 20, [i], 1, sp) for i in range(4)]
+    f = step_features(decodes, block_rows=4)
+    assert (f["block_step"], f["block_tokens"], f["block_head"], f["block_logit_rows"]) == (1, 4, 1, 4)
+    assert f["step"] == f["tokens"] == f["head"] == f["logit_rows"] == 0
+    f = step_features([*decodes, ScheduledSeq(9, "p", [1] * 30, 0, [9, 10], 1, sp)], block_rows=8)
+    assert (f["step"], f["tokens"], f["block_head"], f["block_logit_rows"]) == (1, 34, 1, 5)  # head on blocks
+    f = step_features(decodes, block_rows=0)
+    assert (f["step"], f["tokens"], f["head"], f["logit_rows"], f["block_step"]) == (1, 4, 1, 4, 0)
 
 
 def test_host_overhead_fit_is_robust_to_spikes() -> None:
