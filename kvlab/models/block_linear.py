@@ -76,21 +76,28 @@ def crossover_rows(dense: LinearFn, weights: Mapping[str, torch.Tensor], blocks:
                    names: Sequence[str], rows: Sequence[int] = CHECK_ROWS, reps: int = 3) -> tuple[int, dict]:
     """The largest batch in ``rows`` (checked in order, stopping at the first loss) at which the
     block matmul over the matrices ``names`` takes less time than ``dense`` on the same
-    (prepared) matrices; 0 where it never wins. Best of ``reps``; returns (rows, {rows: [block
-    ms, dense ms]}). One pass over every matrix streams them from memory, as a decode step does."""
+    (prepared) matrices; 0 where it never wins. Best of ``reps``, on ONE thread (on 2 shared cores
+    a 2-thread timing stalls whenever another process takes a core: a 2-row check once read 60 ms
+    vs 2.8 ms quiet); returns (rows, {rows: [block ms, dense ms]}). One pass over every matrix
+    streams them from memory, as a decode step does."""
     prepared = [(prepare_weight(dense, weights[n]), blocks[n]) for n in names if n in blocks]
     if not prepared or cpu_ops.load() is None:
         return 0, {}
     gen = torch.Generator().manual_seed(0)
     best, times = 0, {}
-    for r in rows:
-        x = torch.randn(r, prepared[0][1].cols, generator=gen)
-        t_block = _best(lambda x=x: [cpu_ops.qgemm(x, b.fmt, b.data, b.rows, b.cols) for _, b in prepared], reps)
-        t_dense = _best(lambda x=x: [dense(x, w, None) for w, _ in prepared], reps)
-        times[r] = [round(t_block * 1e3, 3), round(t_dense * 1e3, 3)]
-        if t_block >= t_dense:
-            break
-        best = r
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 1-thread ratio: far less disturbed by other processes than a team
+    try:
+        for r in rows:
+            x = torch.randn(r, prepared[0][1].cols, generator=gen)
+            t_block = _best(lambda x=x: [cpu_ops.qgemm(x, b.fmt, b.data, b.rows, b.cols) for _, b in prepared], reps)
+            t_dense = _best(lambda x=x: [dense(x, w, None) for w, _ in prepared], reps)
+            times[r] = [round(t_block * 1e3, 3), round(t_dense * 1e3, 3)]
+            if t_block >= t_dense:
+                break
+            best = r
+    finally:
+        torch.set_num_threads(threads)
     return best, times
 
 
