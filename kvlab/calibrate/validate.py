@@ -38,15 +38,19 @@ def _uniform(n: int, p: tuple[int, int], o: tuple[int, int], seed: int) -> list[
 def workloads(quick: bool) -> list[tuple[str, list[str], float | None]]:
     """(name, overrides, rate as a multiple of the predicted saturated throughput or None=offline)."""
     k = 1 if quick else 2  # size factor
+    # Arrival-driven runs need more requests than offline ones for a stable mean TTFT (a queueing
+    # quantity): with 16-20 requests two runs of the same code gave -9% and +24% TTFT error at 2x
+    # saturation, so the full mode runs 32-40 of them.
+    a = 1 if quick else 4
     rows = [("offline batch", _uniform(10 * k, (24, 200), (16, 48 * k), 101), None),
-            ("poisson 0.5x saturation", _uniform(8 * k, (16, 160), (16, 40 * k), 202), 0.5),
-            ("poisson 2x saturation", _uniform(10 * k, (16, 160), (16, 40 * k), 303), 2.0)]
+            ("poisson 0.5x saturation", _uniform(8 * a, (16, 160), (16, 40 * k), 202), 0.5),
+            ("poisson 2x saturation", _uniform(10 * a, (16, 160), (16, 40 * k), 303), 2.0)]
     if quick:
         return rows
     rows += [
         ("long prompts, chunked prefill", _uniform(6, (600, 1000), (16, 32), 404)
          + ["scheduler.chunked_prefill=true", "scheduler.max_num_batched_tokens=256"], None),
-        ("shared prefix, prefix allocator", ["workload=shared_prefix", "workload.num_requests=16",
+        ("shared prefix, prefix allocator", ["workload=shared_prefix", "workload.num_requests=32",
                                              "workload.prefix_len=192", "workload.seed=505", "allocator=prefix",
                                              "workload.output_len_min=16", "workload.output_len_max=48"], 1.0),
         ("preemption, tiny KV", _uniform(16, (64, 160), (48, 112), 606) + ["allocator.num_blocks=48"], None),
@@ -116,13 +120,22 @@ def step_diagnostics(model: CalibratedCostModel, steps: list[tuple[dict[str, flo
                      records: list[Any]) -> dict[str, float]:
     """Where a real run's time went vs the model, step by step: ``exec_err_pct`` is the model's
     total ``execute()`` time on the run's own step shapes vs the measured total (%), and
-    ``host_ms_real``/``host_ms_model`` the mean engine time per step outside ``execute()``."""
+    ``host_ms_real``/``host_ms_model`` the mean engine time per step outside ``execute()``;
+    ``exec_err_prefill_pct``/``exec_err_decode_pct`` split the first by steps with and without a
+    prompt chunk."""
     from kvlab.calibrate.overhead import host_gaps
 
     pred = sum(model.execute_time(f) for f, _ in steps)
     meas = sum(d for _, d in steps)
     gaps = host_gaps(records)
+
+    def err(sel: list[tuple[dict[str, float], float]]) -> float:
+        m = sum(d for _, d in sel)
+        return 100 * (sum(model.execute_time(f) for f, _ in sel) - m) / m if m else math.nan
+
     return {"steps": len(steps), "exec_err_pct": 100 * (pred - meas) / meas if meas else math.nan,
+            "exec_err_prefill_pct": err([s for s in steps if s[0]["chunks"] > 0]),
+            "exec_err_decode_pct": err([s for s in steps if s[0]["chunks"] == 0]),
             "host_ms_real": 1e3 * sum(g for _, g in gaps) / len(gaps) if gaps else math.nan,
             "host_ms_model": 1e3 * sum(model.host_time(n) for n, _ in gaps) / len(gaps) if gaps else math.nan}
 
@@ -138,7 +151,8 @@ def markdown(table: pd.DataFrame) -> str:
     """The error table as Markdown: one row per workload, sim error per metric (% or diff)."""
     diag = "exec_err_pct" in table.columns
     head = "| workload | rate | " + " | ".join(METRICS.values()) + (
-        " | step model vs measured execute() | host ms/step real / model |" if diag else " |")
+        " | step model vs measured execute(): all / prefill steps / decode steps | host ms/step real / model |"
+        if diag else " |")
     lines = [head, "|" + " --- |" * (len(METRICS) + 2 + 2 * diag)]
     for r in table.to_dict("records"):
         cells = []
@@ -147,7 +161,9 @@ def markdown(table: pd.DataFrame) -> str:
             cells.append(f"{e:+.0f} ({r[f'real_{m}']:.0f}→{r[f'sim_{m}']:.0f})" if m == "num_preemptions"
                          else f"{e:+.1f}%")
         if diag:
-            cells += [f"{r['exec_err_pct']:+.1f}%", f"{r['host_ms_real']:.2f} / {r['host_ms_model']:.2f}"]
+            cells += [f"{r['exec_err_pct']:+.1f}% / {r.get('exec_err_prefill_pct', math.nan):+.1f}% / "
+                      f"{r.get('exec_err_decode_pct', math.nan):+.1f}%",
+                      f"{r['host_ms_real']:.2f} / {r['host_ms_model']:.2f}"]
         lines.append(f"| {r['workload']} | {r['rate']} | " + " | ".join(cells) + " |")
     s = summary(table)
     lines.append("| **mean abs. error** | | " + " | ".join(
