@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from kvlab.calibrate.fit import fit_relative
+from kvlab.calibrate.fit import FitResult, fit_relative
 from kvlab.calibrate.grid import design, measure
-from kvlab.calibrate.overhead import measure_host
+from kvlab.calibrate.overhead import measure_host, record_arrival_steps
 from kvlab.calibrate.runs import CONF_DIR, block_rows_of, compose
 from kvlab.calibration_profile import write_profile
 from kvlab.executor.cost_calibrated import FEATURE_NAMES, FEATURES, HOST_FEATURES
@@ -35,7 +35,9 @@ FORM = ("t_step = c_step + c_decode_seq*decode_seqs + c_chunk*chunks + c_token*t
         "+ [c_block_step*block_step + c_block_token*block_tokens + c_block_head*block_head "
         "+ c_block_logit_row*block_logit_rows: steps/rows <= block_rows on GGUF blocks] "
         "+ h_step + h_seq*seqs  (seconds; kvlab/executor/cost_calibrated.py)")
-METHOD = ("per grid point: median of repeats after warm-up, shuffled order per pass; fit: non-negative least "
+METHOD = ("per grid point: median of repeats after warm-up, shuffled order per pass; plus every real step of two "
+          "calibration runs (offline seed 9001; arrivals at 1 req/s seed 9002), weighted so grid and real steps "
+          "count equally; fit: non-negative least "
           "squares on relative error (rows scaled by 1/measured, Lawson-Hanson); host overhead: medians of "
           "per-step wall gaps outside execute() grouped by running sequences, NNLS line through them")
 
@@ -98,14 +100,25 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
     with tqdm(total=len(points) * (1 + reps), desc="grid steps", unit="step", dynamic_ncols=True) as bar:
         measured = measure(executor, points, reps, warmup=1,
                            progress=lambda d, n, name: (bar.update(1), bar.set_postfix_str(name, refresh=False)))
-    fit = fit_relative([m.point.features(block_rows) for m in measured], [m.median for m in measured],
-                       FEATURE_NAMES)
-    log(f"step-time fit: {len(points)} points, RMS relative error {100 * fit.rms_rel_error:.1f}%, "
-        f"max {100 * fit.max_abs_rel_error:.1f}%")
     log("measuring the engine's host overhead on the calibration workload ...")
-    host = measure_host(executor, ov, host_requests or (8 if quick else 16))
+    host = measure_host(executor, ov, host_requests or (8 if quick else 16), block_rows)
     log(f"host overhead: {1e3 * host['fit']['step']:.2f} ms/step + {1e6 * host['fit']['seqs']:.0f} us/seq "
         f"({host['num_steps']} steps)")
+    log("recording real steps of the arrivals calibration workload ...")
+    arrivals = record_arrival_steps(executor, ov, 8 if quick else 24, block_rows)
+    real = host.pop("steps") + arrivals["steps"]
+    real = [(f, d) for f, d in real if d > 0 and (f["step"] + f["block_step"]) > 0]
+    # grid medians and real steps carry equal total weight in the fit
+    w_real = (len(measured) / len(real)) ** 0.5 if real else 0.0
+    feats = [m.point.features(block_rows) for m in measured] + [f for f, _ in real]
+    times = [m.median for m in measured] + [d for _, d in real]
+    fit_all = fit_relative(feats, times, FEATURE_NAMES, [1.0] * len(measured) + [w_real] * len(real))
+    n = len(measured)
+    fit = FitResult(fit_all.coef, fit_all.predicted[:n], fit_all.measured[:n])
+    real_fit = FitResult(fit_all.coef, fit_all.predicted[n:], fit_all.measured[n:])
+    log(f"step-time fit: {n} grid points + {len(real)} real calibration steps; grid RMS relative error "
+        f"{100 * fit.rms_rel_error:.1f}% (max {100 * fit.max_abs_rel_error:.1f}%), real steps "
+        f"{100 * real_fit.rms_rel_error:.1f}%")
     from kvlab.models.shapes import ModelShape
 
     shape = ModelShape.from_config({k: v for k, v in cfg["model"].items()
@@ -126,6 +139,8 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
         "kv_budget_bytes": int(executor.kv_budget_bytes()) if hasattr(executor, "kv_budget_bytes") else None,
         "hardware": _base_hardware(device, base_hardware),
         "fit": {"num_points": len(points), "repeats": reps, "warmup": 1,
+                "real_steps": {"count": len(real), "weight": w_real, "rms_rel_error": real_fit.rms_rel_error,
+                               "workloads": [host["workload"], arrivals["workload"]]},
                 "rms_rel_error": fit.rms_rel_error, "max_abs_rel_error": fit.max_abs_rel_error,
                 "residuals": [{"point": m.point.name, "block_size": m.point.block_size,
                                "measured_s": m.median, "predicted_s": p, "rel_error": (p - m.median) / m.median,

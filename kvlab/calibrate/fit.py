@@ -71,17 +71,19 @@ class FitResult:
 
 
 def fit_relative(features: Sequence[Mapping[str, float]], measured: Sequence[float],
-                 names: Sequence[str]) -> FitResult:
-    """Fit ``measured ~ features . coef`` by NNLS on relative error (module docstring)."""
+                 names: Sequence[str], weights: Sequence[float] | None = None) -> FitResult:
+    """Fit ``measured ~ features . coef`` by NNLS on relative error (module docstring);
+    ``weights`` (default 1) multiply each row's relative error."""
     if len(features) != len(measured) or not len(features):
         raise ValueError("fit: need as many measurements as feature rows, and at least one")
     x = np.array([[float(f.get(k, 0.0)) for k in names] for f in features])
     y = np.asarray(measured, dtype=float)
     if (y <= 0).any():
         raise ValueError("fit: measured times must be > 0")
-    a = x / y[:, None]
+    w = np.ones_like(y) if weights is None else np.asarray(weights, dtype=float)
+    a = x / y[:, None] * w[:, None]
     scale = np.linalg.norm(a, axis=0)
     scale[scale == 0] = 1.0
-    c = nnls(a / scale, np.ones_like(y)) / scale
+    c = nnls(a / scale, w) / scale
     pred = x @ c
     return FitResult({k: float(v) for k, v in zip(names, c)}, pred.tolist(), y.tolist())

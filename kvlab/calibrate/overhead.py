@@ -23,6 +23,13 @@ from kvlab.calibrate.fit import nnls
 CALIBRATION_WORKLOAD = ["workload=uniform", "workload.rate=null", "workload.seed=9001",
                         "workload.prompt_len_min=8", "workload.prompt_len_max=48",
                         "workload.output_len_min=8", "workload.output_len_max=40"]
+# A second calibration run with arrivals (its own seed, lengths and rate; never validated on): its
+# real steps — one prompt at a time beside running decodes, as a server sees them — join the grid
+# in the step-time fit (kvlab.calibrate.calibrate), because prefill steps in real runs measured
+# 18-32% faster than grid steps of the same shape (decode steps agreed within 2%).
+CALIBRATION_ARRIVALS = ["workload=uniform", "workload.rate=1.0", "workload.seed=9002",
+                        "workload.prompt_len_min=16", "workload.prompt_len_max=256",
+                        "workload.output_len_min=8", "workload.output_len_max=48"]
 
 
 def host_gaps(step_records: list[Any]) -> list[tuple[int, float]]:
@@ -49,15 +56,29 @@ def fit_host(gaps: list[tuple[int, float]]) -> dict[str, float]:
     return {"step": float(c[0]), "seqs": float(c[1])}
 
 
-def measure_host(executor: Any, base_overrides: list[str], num_requests: int) -> dict[str, Any]:
-    """Run the calibration workload on ``executor``; returns the fit and its raw material."""
-    from kvlab.calibrate.runs import compose, run_workload
+def measure_host(executor: Any, base_overrides: list[str], num_requests: int,
+                 block_rows: int = 0) -> dict[str, Any]:
+    """Run the calibration workload on ``executor``; returns the fit and its raw material, with
+    ``steps``: every ``execute()``'s (features, seconds)."""
+    from kvlab.calibrate.runs import StepRecorder, compose, run_workload
 
     cfg = compose(base_overrides + CALIBRATION_WORKLOAD + [f"workload.num_requests={num_requests}"])
-    res = run_workload(cfg, executor)
+    rec = StepRecorder(executor, block_rows)
+    res = run_workload(cfg, rec)
     gaps = host_gaps(res["engine"].step_records)
     fit = fit_host(gaps)
     vals = np.array([g for _, g in gaps]) if gaps else np.zeros(1)
-    return {"fit": fit, "num_steps": len(gaps), "median_gap_s": float(np.median(vals)),
+    return {"fit": fit, "num_steps": len(gaps), "steps": rec.steps, "median_gap_s": float(np.median(vals)),
             "p90_gap_s": float(np.percentile(vals, 90)), "workload": CALIBRATION_WORKLOAD
             + [f"workload.num_requests={num_requests}"]}
+
+
+def record_arrival_steps(executor: Any, base_overrides: list[str], num_requests: int,
+                         block_rows: int = 0) -> dict[str, Any]:
+    """Run :data:`CALIBRATION_ARRIVALS` on ``executor`` and return its real steps' (features, seconds)."""
+    from kvlab.calibrate.runs import StepRecorder, compose, run_workload
+
+    ov = CALIBRATION_ARRIVALS + [f"workload.num_requests={num_requests}"]
+    rec = StepRecorder(executor, block_rows)
+    run_workload(compose(base_overrides + ov), rec)
+    return {"steps": rec.steps, "workload": ov}
