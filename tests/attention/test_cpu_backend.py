@@ -7,24 +7,9 @@ import torch
 from kvlab.kernels import BlockMetadata, KVCache, KVSpec, get_backend
 from kvlab.kernels.cpu_backend import CpuAttentionMetadata
 
+from tests.attention.helpers import run_backend as run
+
 CPU = torch.device("cpu")
-
-
-def run(name: str, seqs, block_size: int, group: int, dtype: torch.dtype, meta_spec=()):
-    kvh, hd = 2, 16
-    spec = KVSpec(1, kvh, hd, block_size, dtype, meta_spec)
-    num_blocks = max(max(t) for _, _, t in seqs) + 1
-    gen = torch.Generator().manual_seed(0)
-    T = sum(n for _, n, _ in seqs)
-    q = torch.randn(T, kvh * group, hd, generator=gen).to(dtype)
-    k = torch.randn(T, kvh, hd, generator=gen).to(dtype)
-    v = torch.randn(T, kvh, hd, generator=gen).to(dtype)
-    backend = get_backend(name)
-    cache = KVCache(spec, num_blocks)
-    cache.data.copy_(torch.randn(spec.data_shape(num_blocks), generator=gen).to(dtype))  # earlier K/V
-    meta = backend.build_metadata(seqs, block_size, CPU)
-    backend.write_kv(cache.layers[0], k, v, meta)
-    return backend.forward(cache.layers[0], q, meta, hd ** -0.5).float(), cache.data.float(), meta
 
 
 BATCHES = {  # (start_pos, num_new_tokens, block_table)
