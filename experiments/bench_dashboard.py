@@ -63,7 +63,7 @@ def start_server(overrides: list[str], log: Path) -> tuple[subprocess.Popen, str
             if httpx.get(base + "/health", timeout=1).status_code == 200:
                 return proc, base
         except httpx.HTTPError:
-            pass
+            pass  # not listening yet: poll again until the deadline (a dead process is caught above)
         time.sleep(0.5)
     proc.terminate()
     raise SystemExit(f"server not ready after 300 s; see {log}")
@@ -218,13 +218,9 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    from kvlab.machine import read_cpuinfo  # the one /proc/cpuinfo parser ({} where there is none)
+
+    return read_cpuinfo().get("model name", "unknown")
 
 
 if __name__ == "__main__":

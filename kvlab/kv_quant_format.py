@@ -120,21 +120,20 @@ class KVQuantConfig:
         """The scheme's own knobs and their values (e.g. for a results table)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name in KNOBS[self.name]}
 
+    def _group(self, extent: int, extent_name: str, why: str) -> int:
+        """``group_size`` capped at ``extent``; it must divide ``extent`` (the error names both)."""
+        g = min(self.group_size, extent)
+        if extent % g:
+            raise ValueError(f"kv_quant.group_size={self.group_size} must divide {extent_name}={extent} ({why})")
+        return g
+
     def channel_group(self, head_dim: int) -> int:
         """Channels per scale group along head_dim (int4, kivi2 values). Must divide head_dim."""
-        g = min(self.group_size, head_dim)
-        if head_dim % g:
-            raise ValueError(f"kv_quant.group_size={self.group_size} must divide head_dim={head_dim} "
-                             f"(kv_quant={self.name})")
-        return g
+        return self._group(head_dim, "head_dim", f"kv_quant={self.name}")
 
     def token_group(self, block_size: int) -> int:
         """kivi2 key groups: tokens per group, block-local (a group never spans two blocks)."""
-        g = min(self.group_size, block_size)
-        if block_size % g:
-            raise ValueError(f"kv_quant.group_size={self.group_size} must divide allocator.block_size="
-                             f"{block_size} (kivi2 key groups live inside one block)")
-        return g
+        return self._group(block_size, "allocator.block_size", "kivi2 key groups live inside one block")
 
     def half_block_bytes(self, block_size: int, num_kv_heads: int, head_dim: int, dtype_bytes: int) -> int:
         """Bytes of one block of one layer's K or V half, data + metadata (not kivi2: see

@@ -14,20 +14,31 @@ from kvlab.kernels.quant import register_scheme
 from kvlab.kernels.quant.base import TokenwiseScheme
 
 
+def quantize_minmax(g: torch.Tensor, dim: int, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric min/max quantization of ``g`` with one scale and zero (the minimum) per slice along
+    ``dim``. Returns (codes uint8 shaped like ``g`` in 0..levels-1, scale, zero: ``dim`` reduced).
+    Shared by int4 and kivi2 (channel groups and kivi2's per-channel key groups over tokens)."""
+    mn, mx = g.amin(dim), g.amax(dim)
+    scale = (mx - mn) / (levels - 1)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    codes = torch.floor((g - mn.unsqueeze(dim)) / safe.unsqueeze(dim) + 0.5).clamp_(0, levels - 1).to(torch.uint8)
+    return codes, scale, mn
+
+
+def dequantize_minmax(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dim: int) -> torch.Tensor:
+    """The inverse of :func:`quantize_minmax` (fp32): ``codes * scale + zero`` along ``dim``."""
+    return codes.float() * scale.unsqueeze(dim) + zero.unsqueeze(dim)
+
+
 def quantize_groups(x: torch.Tensor, group: int, levels: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric min/max quantization of ``x`` [..., d] in groups of ``group`` along the last dim.
     Returns (codes uint8 [..., d] in 0..levels-1, scale [..., d/group], zero [..., d/group])."""
-    g = x.unflatten(-1, (-1, group))
-    mn, mx = g.amin(-1), g.amax(-1)
-    scale = (mx - mn) / (levels - 1)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.floor((g - mn[..., None]) / safe[..., None] + 0.5).clamp_(0, levels - 1).to(torch.uint8)
-    return codes.flatten(-2), scale, mn
+    codes, scale, zero = quantize_minmax(x.unflatten(-1, (-1, group)), -1, levels)
+    return codes.flatten(-2), scale, zero
 
 
 def dequantize_groups(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group: int) -> torch.Tensor:
-    g = codes.unflatten(-1, (-1, group)).float()
-    return (g * scale[..., None] + zero[..., None]).flatten(-2)
+    return dequantize_minmax(codes.unflatten(-1, (-1, group)), scale, zero, -1).flatten(-2)
 
 
 def pack4(codes: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from kvlab.kernels.kv_cache import BlockMetadata, LayerKV
 from kvlab.kernels.quant import register_scheme
 from kvlab.kernels.quant.base import QuantScheme
-from kvlab.kernels.quant.int4 import dequantize_groups, quantize_groups
+from kvlab.kernels.quant.int4 import dequantize_groups, dequantize_minmax, quantize_groups, quantize_minmax
 
 LEVELS = 4
 
@@ -45,19 +45,14 @@ def unpack2(packed: torch.Tensor) -> torch.Tensor:
 def quantize_keys(x: torch.Tensor, gk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Blocks ``x`` [n, B, h, d] -> (codes [n, B, h, d] 0..3, scale and zero [n, B/gk, h, d])."""
     n, B, h, d = x.shape
-    g = x.view(n, B // gk, gk, h, d)
-    mn, mx = g.amin(2), g.amax(2)
-    scale = (mx - mn) / (LEVELS - 1)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.floor((g - mn[:, :, None]) / safe[:, :, None] + 0.5).clamp_(0, LEVELS - 1).to(torch.uint8)
-    return codes.view(n, B, h, d), scale, mn
+    codes, scale, zero = quantize_minmax(x.view(n, B // gk, gk, h, d), 2, LEVELS)
+    return codes.view(n, B, h, d), scale, zero
 
 
 def dequantize_keys(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
     n, B, h, d = codes.shape
     gk = B // scale.shape[1]
-    g = codes.view(n, B // gk, gk, h, d).float()
-    return (g * scale[:, :, None] + zero[:, :, None]).view(n, B, h, d)
+    return dequantize_minmax(codes.view(n, B // gk, gk, h, d), scale, zero, 2).view(n, B, h, d)
 
 
 @register_scheme

@@ -85,6 +85,20 @@ class BlockPool:
             elif r < 0:
                 raise AssertionError(f"block {b}: reference count went negative")
 
+    def decref_all_reversed_collect(self, blocks: list[int]) -> list[int]:
+        """Release a table, last block first, queuing nothing: returns the blocks whose ``ref``
+        reached 0, in release order, for the caller to queue (or hand to the prefix index)."""
+        ref = self.ref
+        zeros = []
+        for b in reversed(blocks):
+            r = ref[b] - 1
+            ref[b] = r
+            if r == 0:
+                zeros.append(b)
+            elif r < 0:
+                raise AssertionError(f"block {b}: reference count went negative")
+        return zeros
+
     def check(self, expected_refs: dict[int, int], parked: set[int] | frozenset[int] = frozenset()) -> None:
         """Assert ``ref`` equals ``expected_refs`` (block -> holders; absent = 0) and that the free
         queue holds exactly the blocks with ``ref == 0`` except ``parked`` ones (unreferenced
@@ -138,13 +152,4 @@ class FifoBlockPool(BlockPool):
         return False
 
     def decref_all_reversed(self, blocks: list[int]) -> None:
-        ref = self.ref
-        freed = []
-        for b in reversed(blocks):
-            r = ref[b] - 1
-            ref[b] = r
-            if r == 0:
-                freed.append(b)
-            elif r < 0:
-                raise AssertionError(f"block {b}: reference count went negative")
-        self.free_queue.extend(freed)  # type: ignore[attr-defined]
+        self.free_queue.extend(self.decref_all_reversed_collect(blocks))  # type: ignore[attr-defined]

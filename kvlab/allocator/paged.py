@@ -213,15 +213,7 @@ class PagedAllocator(BlockTableQueries):
         if index is None:
             self.pool.decref_all_reversed(table)
             return
-        ref = self.pool.ref
-        zeros = []
-        for b in reversed(table):
-            r = ref[b] - 1
-            ref[b] = r
-            if r == 0:
-                zeros.append(b)
-            elif r < 0:
-                raise AssertionError(f"block {b}: reference count went negative")
+        zeros = self.pool.decref_all_reversed_collect(table)
         if zeros:
             self.pool.free_queue.extend(index.unlock_many(zeros))
 

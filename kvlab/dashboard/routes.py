@@ -17,6 +17,7 @@ counts, never prompt or output text.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -27,6 +28,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 
 from kvlab.dashboard.live import LiveBlockMap
 from kvlab.dashboard.replay import Recording
+
+log = logging.getLogger("kvlab.serve")
 
 KEEPALIVE_S = 15.0
 POLL_S = 0.05
@@ -61,10 +64,13 @@ def add_live_routes(app: FastAPI, live: LiveBlockMap, run_on_engine: Any,
     _add_page(app, {"mode": "live", "allocator": live.allocator, "max_hz": 1.0 / live.min_interval_s})
 
     async def first_snapshot() -> None:
+        """Snapshot now, best effort: if this fails the stream waits for the engine's next snapshot."""
         try:
             await asyncio.wait_for(run_on_engine(lambda e: live.build(e)), timeout=5.0)
-        except Exception:  # noqa: BLE001 - engine busy, draining or stopped: the stream waits for the next one
-            pass
+        except asyncio.TimeoutError:
+            pass  # the engine thread is busy (a long step) or stopped: not an error, the page waits
+        except Exception:  # noqa: BLE001 - the page must still load, but a failing snapshot is a bug: report it
+            log.exception("dashboard: taking the first snapshot failed; the page waits for the next one")
 
     @app.get("/dashboard/snapshot", include_in_schema=False)
     async def snapshot() -> Response:

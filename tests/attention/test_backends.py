@@ -15,6 +15,8 @@ import pytest
 import torch
 from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 
+from tests.attention.helpers import run_backend
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()
 
 
@@ -86,29 +88,13 @@ def test_triton_metadata_is_int32_once_per_step():
 @pytest.mark.parametrize("block_size,group,dtype", [(4, 3, torch.float32), (1, 1, torch.float32),
                                                     (16, 8, torch.float32), (4, 3, torch.float16)])
 def test_triton_backend_equals_torch_backend(block_size, group, dtype):
-    kvh, hd = 2, 16
     seqs = mixed_batch(block_size, seed=block_size)
-    spec = KVSpec(1, kvh, hd, block_size, dtype)
-    num_blocks = max(max(t) for _, _, t in seqs) + 1
-    gen = torch.Generator().manual_seed(0)
-    T = sum(n for _, n, _ in seqs)
-    q = torch.randn(T, kvh * group, hd, generator=gen).to(dtype)
-    k = torch.randn(T, kvh, hd, generator=gen).to(dtype)
-    v = torch.randn(T, kvh, hd, generator=gen).to(dtype)
-    prefix = torch.randn(spec.data_shape(num_blocks), generator=gen).to(dtype)  # earlier tokens' K/V
-    outs, caches = [], []
-    for name in ("torch", "triton"):
-        backend = get_backend(name)
-        cache = KVCache(spec, num_blocks)
-        cache.data.copy_(prefix)
-        meta = backend.build_metadata(seqs, block_size, torch.device("cpu"))
-        assert meta.order == [1, 3, 0, 2]
-        backend.write_kv(cache.layers[0], k, v, meta)  # q/k/v rows are in flat (meta.order) order
-        outs.append(backend.forward(cache.layers[0], q, meta, hd ** -0.5).float())
-        caches.append(cache.data.float())
+    ref, ref_cache, ref_meta = run_backend("torch", seqs, block_size, group, dtype)
+    out, cache, meta = run_backend("triton", seqs, block_size, group, dtype)
+    assert ref_meta.order == meta.order == [1, 3, 0, 2]
     tol = {"atol": 2e-3, "rtol": 2e-3} if dtype == torch.float16 else {"atol": 1e-5, "rtol": 1e-5}
-    torch.testing.assert_close(caches[1], caches[0], atol=0, rtol=0)
-    torch.testing.assert_close(outs[1], outs[0], **tol)
+    torch.testing.assert_close(cache, ref_cache, atol=0, rtol=0)
+    torch.testing.assert_close(out, ref, **tol)
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="Triton needs CUDA or TRITON_INTERPRET=1")

@@ -7,24 +7,15 @@ import torch
 from kvlab.kernels import BlockMetadata, KVCache, KVSpec, cpu_ops, get_backend
 from kvlab.kernels.cpu_backend import CpuAttentionMetadata, CpuBackend
 
+from tests.attention.helpers import run_backend
+
 CPU = torch.device("cpu")
 
 
 def run(name: str, seqs, block_size: int, group: int, dtype: torch.dtype, meta_spec=(), native_ops=None):
-    kvh, hd = 2, 16
-    spec = KVSpec(1, kvh, hd, block_size, dtype, meta_spec)
-    num_blocks = max(max(t) for _, _, t in seqs) + 1
-    gen = torch.Generator().manual_seed(0)
-    T = sum(n for _, n, _ in seqs)
-    q = torch.randn(T, kvh * group, hd, generator=gen).to(dtype)
-    k = torch.randn(T, kvh, hd, generator=gen).to(dtype)
-    v = torch.randn(T, kvh, hd, generator=gen).to(dtype)
-    backend = CpuBackend(native_ops) if name == "cpu" and native_ops is not None else get_backend(name)
-    cache = KVCache(spec, num_blocks)
-    cache.data.copy_(torch.randn(spec.data_shape(num_blocks), generator=gen).to(dtype))  # earlier K/V
-    meta = backend.build_metadata(seqs, block_size, CPU)
-    backend.write_kv(cache.layers[0], k, v, meta)
-    return backend.forward(cache.layers[0], q, meta, hd ** -0.5).float(), cache.data.float(), meta
+    """:func:`run_backend`, with the CPU backend's C ops forced on or off where ``native_ops`` is set."""
+    backend = CpuBackend(native_ops) if name == "cpu" and native_ops is not None else None
+    return run_backend(name, seqs, block_size, group, dtype, meta_spec, backend=backend)
 
 
 needs_ops = pytest.mark.skipif(cpu_ops.load() is None, reason=f"kvlab CPU ops: {cpu_ops.status()}")

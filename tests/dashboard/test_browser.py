@@ -28,7 +28,7 @@ from kvlab.dashboard.snapshot import encode
 from kvlab.engine_stats import EngineStats, KVUsage
 from kvlab.request import Request, SamplingParams
 from tests.dashboard.browser import SHOTS, chrome, page_state, parse_metrics, wait_for
-from tests.server.conftest import MODEL, ROOT, ServerProcess, free_port
+from tests.server.conftest import MODEL, ROOT, ServerProcess, free_port, stop_process
 
 PREFIX = ("You are a careful assistant. Answer in one short paragraph, plainly, without lists, and "
           "always mention the colour of the sky in your answer, whatever the question is about. ") * 2
@@ -170,12 +170,7 @@ class ViewProcess:
             return False
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout=10)
 
 
 def test_replay_slider_moves_through_the_run(driver, tmp_path, request):

@@ -40,7 +40,8 @@ def test_bad_scheme_or_knob_names_key_and_choices(raw, match) -> None:
 
 def test_group_must_divide_head_dim_and_block() -> None:
     q = KVQuantConfig.parse({"name": "kivi2", "group_size": 12})
-    with pytest.raises(ValueError, match="kv_quant.group_size=12 must divide head_dim=64"):
+    with pytest.raises(ValueError, match=r"^kv_quant\.group_size=12 must divide head_dim=64 \(kv_quant=kivi2\)$"):
         q.bytes_per_block(2, 2, 64, 2, 48)
-    with pytest.raises(ValueError, match="must divide allocator.block_size=48"):
+    with pytest.raises(ValueError, match=r"^kv_quant\.group_size=32 must divide allocator\.block_size=48 "
+                                         r"\(kivi2 key groups live inside one block\)$"):
         KVQuantConfig.parse({"name": "kivi2", "group_size": 32}).token_group(48)

@@ -23,7 +23,7 @@ class LRUPolicy:
         self._queue: OrderedDict[int, None] = OrderedDict()
 
     def inserted(self, block: int, depth: int) -> None:
-        pass
+        pass  # a new block is held (not evictable) and LRU ranks by release order only: nothing to record
 
     def locked(self, block: int) -> None:
         del self._queue[block]
