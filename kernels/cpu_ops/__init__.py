@@ -10,10 +10,11 @@ cache, so the batched decode path gathered every sequence's K/V blocks into a pa
 SDPA on it, in every layer (46 of 147 ms of a 16-sequence decode step, docs/performance.md). The
 kernel reads the blocks where they are.
 
-Build: the system C compiler (``$CC``, else ``cc``/``gcc``) with ``-O3 -march=native -ffast-math
--fopenmp`` into ``$KVLAB_CACHE/cpu_ops/<key>.so`` (:func:`kvlab.machine.cache_root`); the key
-hashes the source, the flags, the compiler's version and this CPU's model and ISA flags, so a cache
-shared between machines never loads a binary built for another CPU. The build goes to a temporary
+Build: the system C compiler (``$CC``, else ``cc``/``gcc``), ``-O3 -march=native -ffast-math
+-fopenmp`` (``$KVLAB_CPU_OPS_MARCH`` replaces ``native``), into ``$KVLAB_CACHE/cpu_ops/<key>.so``
+(:func:`kvlab.machine.cache_root`); the key hashes the source, the flags, the compiler's version
+and this CPU's model and ISA flags, so a cache shared between machines never loads a binary built
+for another CPU. The build goes to a temporary
 name and is renamed into place (two processes may build at once). No compiler, a failed build or
 ``KVLAB_CPU_OPS=0`` in the environment: :func:`load` returns None, :func:`status` says why, and
 callers take their torch path (both branches are tested).
@@ -37,7 +38,14 @@ from pathlib import Path
 import torch
 
 SOURCES = ("paged_decode.c", "qgemm.c")
-CFLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+CFLAGS = ("-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+
+
+def _march() -> str:
+    """``-march`` of the build: ``native`` (this CPU's ISA: the AVX2/FMA paths where it has them),
+    or ``$KVLAB_CPU_OPS_MARCH`` (the tests build ``x86-64`` to run the portable scalar paths that
+    a CPU without AVX2 would take)."""
+    return os.environ.get("KVLAB_CPU_OPS_MARCH") or "native"
 _HERE = Path(__file__).resolve().parent
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {}
@@ -57,7 +65,8 @@ def _build(cc: str) -> Path:
     cpu = cpu_fingerprint()
     h = hashlib.sha256()
     parts = [(_HERE / s).read_text() for s in SOURCES]
-    parts += [" ".join(CFLAGS), version, str(cpu.get("model")), ",".join(cpu.get("isa_flags", []))]
+    flags = [f"-march={_march()}", *CFLAGS]
+    parts += [" ".join(flags), version, str(cpu.get("model")), ",".join(cpu.get("isa_flags", []))]
     for part in parts:
         h.update(part.encode())
         h.update(b"\0")
@@ -68,7 +77,7 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [cc, *CFLAGS, *(str(_HERE / s) for s in SOURCES), "-o", tmp, "-lm"]
+        cmd = [cc, *flags, *(str(_HERE / s) for s in SOURCES), "-o", tmp, "-lm"]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if res.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")

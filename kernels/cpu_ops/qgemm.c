@@ -170,7 +170,7 @@ static void rows_kernel(int q4, const uint8_t *W, int64_t row_bytes, int64_t nb,
                 float s = 0.0f;
                 for (int i = 0; i < QK; i++) s += w[i] * xb[i];
                 acc[j] += s;
-                mterm[j] += mb * xsum[(m0 + j) * nb + b];
+                if (q4) mterm[j] += mb * xsum[(m0 + j) * nb + b]; /* xsum exists for Q4_1 only */
             }
         }
         for (int64_t j = 0; j < mr; j++) y[(m0 + j) * N + r] = acc[j] + mterm[j];

@@ -103,3 +103,29 @@ def test_block_linear_routes_by_rows_and_plan_says_why(blocks_and_weights, smol_
     monkeypatch.setattr(block_linear.cpu_ops, "status", lambda: "disabled for the test")
     assert "disabled for the test" in plan_weight_blocks("auto", smol_cfg, arch, weights, dense, cpu,
                                                          torch.float32)[2]
+
+
+@needs_ops
+def test_portable_build_without_avx2_gives_the_same_results(monkeypatch, tmp_path):
+    """The scalar paths (what a CPU without AVX2/FMA/F16C runs) against the reference too."""
+    from tests.attention.test_cpu_ops import reference
+
+    monkeypatch.setenv("KVLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("KVLAB_CPU_OPS_MARCH", "x86-64")
+    cpu_ops.reset()
+    try:
+        assert cpu_ops.load() is not None, cpu_ops.status()
+        gen = torch.Generator().manual_seed(7)
+        for fmt in ("Q4_1", "Q8_0"):
+            w = random_blocks(fmt, 37, 96, gen)
+            x = torch.randn(11, 96, generator=gen)
+            y = cpu_ops.qgemm(x, w.fmt, w.data, w.rows, w.cols)
+            torch.testing.assert_close(y.double(), x.double() @ dequantize(w).double().T, atol=1e-4, rtol=1e-4)
+        kc, vc = torch.randn(6, 4, 2, 16, generator=gen), torch.randn(6, 4, 2, 16, generator=gen)
+        q, tables, lens = torch.randn(3, 6, 16, generator=gen), torch.tensor([[5, 0], [1, 2], [3, 4]]), \
+            torch.tensor([7, 2, 8])
+        out = cpu_ops.paged_decode(q, kc, vc, tables, lens, 0.25)
+        torch.testing.assert_close(out.double(), reference(q, kc, vc, tables, lens, 0.25), atol=1e-5, rtol=1e-4)
+    finally:
+        monkeypatch.undo()
+        cpu_ops.reset()
