@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 SOURCES = ("paged_decode.c", "qgemm.c")
-CFLAGS = ("-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+CFLAGS = ("-O3", "-ffast-math", "-fopenmp", "-fPIC", "-std=c11")  # compile flags; linked without -ffast-math
 
 
 def _march() -> str:
@@ -77,15 +77,28 @@ def _build(cc: str) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
-        cmd = [cc, *flags, *(str(_HERE / s) for s in SOURCES), "-o", tmp, "-lm"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
+        # Compile and link in two steps: a shared object LINKED with -ffast-math gets GCC's
+        # crtfastmath.o, whose constructor sets flush-to-zero/denormals-are-zero for the whole
+        # process when the library loads (it broke every subnormal float in the test suite).
+        # -ffast-math at compile time only keeps the vectorized code and changes nothing global.
+        objs = []
+        for src in SOURCES:
+            obj = f"{tmp}.{Path(src).stem}.o"
+            objs.append(obj)
+            _run([cc, *flags, "-c", str(_HERE / src), "-o", obj])
+        _run([cc, "-shared", "-fopenmp", *objs, "-o", tmp, "-lm"])
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for f in [tmp, *(f"{tmp}.{Path(src).stem}.o" for src in SOURCES)]:
+            if os.path.exists(f):
+                os.unlink(f)
     return out
+
+
+def _run(cmd: list[str]) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{res.stderr.strip()[-2000:]}")
 
 
 def _bind(lib: ctypes.CDLL) -> None:

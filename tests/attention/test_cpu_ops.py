@@ -95,3 +95,17 @@ def test_disabled_or_unbuildable_ops_say_why(monkeypatch, tmp_path):
         assert CpuBackend().native_ops is False  # the backend then takes its torch path
     finally:
         cpu_ops.reset()
+
+
+@needs_ops
+def test_loading_the_ops_leaves_subnormal_floats_alone():
+    """The library is compiled with -ffast-math but not linked with it: GCC's crtfastmath would set
+    flush-to-zero / denormals-are-zero for the whole process when the library loads."""
+    import numpy as np
+
+    assert cpu_ops.load() is not None
+    tiny = np.float32(1e-39)  # a subnormal
+    assert tiny * np.float32(1.0) != 0  # DAZ would read it as 0
+    assert np.float32(1e-30) * np.float32(1e-9) != 0  # FTZ would flush the subnormal result
+    t = torch.tensor([1e-39], dtype=torch.float32)
+    assert (t * 1.0).item() != 0

@@ -21,6 +21,9 @@ from tests.server.conftest import MODEL
 from tests.server.inproc import InProcServer, inproc_server
 from tests.server.schema_strategies import INTS, ODD_TEXT, request_bodies
 
+# the last test checks the server the fuzz tests before it used: all on one xdist worker
+pytestmark = pytest.mark.xdist_group("server-fuzz")
+
 SMALL = st.one_of(st.integers(-2, 6), st.integers(1, 6), st.none(), INTS.filter(lambda v: v > 10**6 or v < 0))
 COMMON = {
     "model": st.one_of(st.just(MODEL), st.just(MODEL), st.text(max_size=6)),
