@@ -20,23 +20,19 @@ import random
 import statistics
 import time
 
+from model_bench import scattered_tables  # experiments/ is on sys.path when run as a script
+
 from kvlab.executor.base import ScheduledSeq, StepInput
 from kvlab.executor.torch_runner import TorchExecutor
 from kvlab.kv_quant_format import SCHEMES, KVQuantConfig
 from kvlab.models.config import resolve_model
 from kvlab.request import SamplingParams
 
-BLOCK = 16
-
 
 def step_ms(ex: TorchExecutor, scheme: str, batch: int, context: int, steps: int) -> float:
     """Prefill ``batch`` sequences in format ``scheme``, then the mean decode step in ms."""
     ex.kv_quant = KVQuantConfig.parse(scheme)
-    per_seq = (context + steps) // BLOCK + 1
-    ids = list(range(per_seq * batch))
-    random.Random(0).shuffle(ids)
-    ex.init_cache(per_seq * batch, 0, BLOCK)
-    tables = [ids[i * per_seq:(i + 1) * per_seq] for i in range(batch)]
+    tables = scattered_tables(ex, batch, context + steps)
     sp = SamplingParams(temperature=0, max_tokens=steps + 1)
     last: dict[int, int] = {}
     for i in range(0, batch, 4):

@@ -27,16 +27,22 @@ from kvlab.request import SamplingParams
 BLOCK = 16
 
 
+def scattered_tables(ex: TorchExecutor, batch: int, tokens: int) -> list[list[int]]:
+    """Size ``ex``'s cache for ``batch`` sequences of ``tokens`` tokens and return their block
+    tables, block ids shuffled (seeded) as in a running server's pool."""
+    per_seq = tokens // BLOCK + 1
+    ids = list(range(per_seq * batch))
+    random.Random(0).shuffle(ids)
+    ex.init_cache(per_seq * batch, 0, BLOCK)
+    return [ids[i * per_seq:(i + 1) * per_seq] for i in range(batch)]
+
+
 def decode_tok_s(ex: TorchExecutor, batch: int, context: int, steps: int,
                  prefill: bool = True) -> dict[str, float]:
     """Prefill ``batch`` sequences, then time ``steps`` greedy decode steps of all of them.
     ``prefill=False`` skips the prefill (the cache holds zeros where the prompt's K/V would be:
     a decode step costs the same whatever the values), for a quick step time on a busy machine."""
-    per_seq = (context + steps) // BLOCK + 1
-    ids = list(range(per_seq * batch))
-    random.Random(0).shuffle(ids)
-    ex.init_cache(per_seq * batch, 0, BLOCK)
-    tables = [ids[i * per_seq:(i + 1) * per_seq] for i in range(batch)]
+    tables = scattered_tables(ex, batch, context + steps)
     sp = SamplingParams(temperature=0, max_tokens=steps + 1)
     prompt = [random.Random(i).randrange(1000, 20000) for i in range(context)]
     t = time.perf_counter()

@@ -78,7 +78,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 600.0) -> N
                 if r.status == 200:
                     return
         except OSError:
-            pass
+            pass  # not listening yet: poll again until the deadline (a dead process is caught above)
         time.sleep(1)
     raise TimeoutError(f"server on port {port} not healthy after {timeout:.0f} s")
 
