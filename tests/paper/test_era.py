@@ -1,0 +1,67 @@
+"""Paper-era mode: one constant fitted on one point, its provenance, and how the cost model uses it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kvlab.executor.cost_model import CostModel
+from kvlab.hardware import HardwareProfile
+from kvlab.paperlib import era, era_fit
+from tests.sim.conftest import load_yaml, shape
+
+FIT_JSON = era.ROOT / "fit.json"
+
+
+def test_yaml_constants_are_the_committed_fit() -> None:
+    """The era yaml holds exactly what the committed fit derived: k x kvlab's measured host costs."""
+    fitted = json.loads(FIT_JSON.read_text())
+    assert era_fit.yaml_terms() == {"engine_step_overhead_us": fitted["engine_step_overhead_us"],
+                                    "engine_per_seq_us": fitted["engine_per_seq_us"]}
+    assert era_fit.host_terms(fitted["k"], fitted["host_base"]) == era_fit.yaml_terms()
+    # The base is the committed calibration profile's measured host overhead, not a free number.
+    base = era_fit.host_base()
+    assert fitted["host_base"]["step_us"] == pytest.approx(base["step_us"])
+    assert fitted["host_base"]["seq_us"] == pytest.approx(base["seq_us"])
+    assert fitted["fit_point"] == era_fit.FIT_POINT
+    # The fit stopped where the point's normalized latency met the published value.
+    last = fitted["tried"][-1]
+    assert last["normalized_latency"] == pytest.approx(era_fit.FIT_POINT["normalized_latency"], abs=5e-4)
+
+
+def test_fit_recovers_a_known_scale(tmp_path: Path) -> None:
+    """Bisection on a synthetic monotone latency recovers the k that produces the target."""
+    base = {"step_us": 400.0, "seq_us": 20.0}
+    batch = 13.0
+
+    def measure(terms: dict[str, float], n: int) -> float:
+        host_s = 1e-6 * (terms["engine_step_overhead_us"] + batch * terms["engine_per_seq_us"])
+        return 0.02 + 3.0 * host_s  # 20 ms of GPU work per token, host time counted three times
+
+    out = era_fit.fit(tmp_path, base=base, measure=measure, tol=1e-6, log=lambda *_: None)
+    true_k = (era_fit.FIT_POINT["normalized_latency"] - 0.02) / 3.0 / (1e-6 * (400 + batch * 20))
+    assert out["k"] == pytest.approx(true_k, rel=1e-3)
+    assert json.loads((tmp_path / "fit.json").read_text())["k"] == out["k"]
+    assert out["engine_per_seq_us"] == pytest.approx(true_k * 20, rel=1e-3)
+
+
+def test_host_terms_enter_every_step() -> None:
+    """The era yaml adds k x (host_step + host_seq x n) to a step of n sequences, nothing else."""
+    hw = load_yaml("hardware", "a100-40gb")
+    terms = era_fit.yaml_terms()
+    plain = CostModel(shape("opt-13b"), HardwareProfile.from_config(hw), block_size=16)
+    paper = CostModel(shape("opt-13b"), HardwareProfile.from_config({**hw, **terms}), block_size=16)
+    for n in (1, 32, 160):
+        args = (n, n * 300, n * 299, n * 19, n)
+        added = paper.step_time(*args, num_seqs=n) - plain.step_time(*args, num_seqs=n)
+        want = 1e-6 * (terms["engine_step_overhead_us"] + n * terms["engine_per_seq_us"])
+        assert added == pytest.approx(want, rel=1e-9)
+
+
+def test_report_section_names_the_fit_and_counts_misses() -> None:
+    text = "\n".join(era.section())
+    fitted = json.loads(FIT_JSON.read_text())
+    assert f"{fitted['k']:.2f}" in text and "ONE published point" in text
+    assert "of 30" in text and "NOT met" in text
