@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ class BlockWeight:
         return self.data.numel()
 
 
-def _rows(reader_tensor, fmt: str) -> torch.Tensor:
+def _rows(reader_tensor: Any) -> torch.Tensor:
+    """The tensor's raw GGUF blocks, one byte row per weight row."""
     arr = np.asarray(reader_tensor.data)
     # a copy: the reader memory-maps the file read-only, and the blocks outlive the reader
     return torch.from_numpy(np.array(arr, copy=True)).view(torch.uint8).reshape(arr.shape[0], -1)
@@ -72,7 +74,7 @@ def load_gguf_blocks(path: str | Path, arch: ArchConfig) -> dict[str, BlockWeigh
         if t is None or t.tensor_type.name not in BYTES_PER_BLOCK:
             return None
         fmt = t.tensor_type.name
-        data = _rows(t, fmt)
+        data = _rows(t)
         if data.shape != (rows, cols // BLOCK * BYTES_PER_BLOCK[fmt]):
             raise ValueError(f"{path}: {name} has {tuple(data.shape)} bytes, expected {rows} rows of {cols} weights")
         return BlockWeight(fmt, data, rows, cols)
