@@ -36,13 +36,14 @@ THRESHOLD = 0.5  # s/token: where the paper's digitized capacities were read (vl
 ERA_FRACTIONS: tuple[float, ...] = ()
 
 
-def jobs() -> list[Job]:
-    """Fig. 12's full-mode sweeps with the era overrides and the paper's 0.5 s/token threshold."""
+def jobs(panels: str = "abcdef", num_requests: int | None = None) -> list[Job]:
+    """Fig. 12's full-mode sweeps of ``panels`` with the era overrides and the paper's 0.5 s/token
+    threshold (``num_requests``: a shorter trace than the full mode's, for tests)."""
     out = []
     for j in sweep_jobs("fig12", "full"):
-        if j.figure != "fig12":
+        if j.figure != "fig12" or j.panel not in panels:
             continue
-        j.overrides = [*j.overrides, ERA]
+        j.overrides = [*j.overrides, ERA, *([f"workload.num_requests={num_requests}"] if num_requests else [])]
         j.threshold = THRESHOLD
         j.sweep = {**(j.sweep or {}), "fractions": list(ERA_FRACTIONS), "extend": None}
         out.append(j)
@@ -73,11 +74,12 @@ def capacity_table(points: pd.DataFrame, roofline: pd.DataFrame | None) -> pd.Da
 ROOT = Path(__file__).resolve().parents[2] / "results" / "paper" / "era2023"
 
 
-def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True) -> pd.DataFrame:
-    """Run the era sweeps; writes points.csv and fig12_capacity.csv under ``root``."""
+def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, panels: str = "abcdef",
+        num_requests: int | None = None) -> pd.DataFrame:
+    """Run the era sweeps of ``panels``; writes points.csv and fig12_capacity.csv under ``root``."""
     from kvlab.paperlib.runner import _execute
 
-    rows = _execute(jobs(), root, n_jobs, resume, "paper-era fig12 sweeps")
+    rows = _execute(jobs(panels, num_requests), root, n_jobs, resume, "paper-era fig12 sweeps")
     pts = pd.DataFrame(rows)
     pts.to_csv(root / "points.csv", index=False)
     full = root.parent / "full" / "capacity.csv"

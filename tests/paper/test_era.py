@@ -65,3 +65,14 @@ def test_report_section_names_the_fit_and_counts_misses() -> None:
     fitted = json.loads(FIT_JSON.read_text())
     assert f"{fitted['k']:.2f}" in text and "ONE published point" in text
     assert "of 30" in text and "NOT met" in text
+
+
+def test_era_run_predicts_panel_a_end_to_end(tmp_path: Path) -> None:
+    """``era.run`` on one panel: every system gets a finite capacity in the paper's order, and the
+    table carries the paper's value and the error beside it."""
+    table = era.run(tmp_path / "era2023", n_jobs=1, resume=False, panels="a", num_requests=120)
+    assert (tmp_path / "era2023" / "points.csv").exists() and (tmp_path / "era2023" / "fig12_capacity.csv").exists()
+    cap = dict(zip(table["system"], table["era_capacity"]))
+    assert set(cap) == {"ft", "orca_max", "orca_pow2", "orca_oracle", "vllm"}
+    assert cap["ft"] < cap["orca_max"] < cap["orca_pow2"] < cap["orca_oracle"] < cap["vllm"], cap
+    assert table["paper"].notna().all() and table["era_error_pct"].notna().all()
