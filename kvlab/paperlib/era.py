@@ -25,7 +25,7 @@ import pandas as pd
 
 from kvlab.paperlib import numbers
 from kvlab.paperlib.capacity import capacities
-from kvlab.paperlib.era_fit import ERA, FIT_POINT, fit
+from kvlab.paperlib.era_fit import ERA, FIT_POINT, REPO, fit
 from kvlab.paperlib.specs import Job, sweep_jobs
 
 THRESHOLD = 0.5  # s/token: where the paper's digitized capacities were read (vllm-paper.md §Fig 12)
@@ -71,7 +71,7 @@ def capacity_table(points: pd.DataFrame, roofline: pd.DataFrame | None) -> pd.Da
     return pd.DataFrame(rows)
 
 
-ROOT = Path(__file__).resolve().parents[2] / "results" / "paper" / "era2023"
+ROOT = REPO / "results" / "paper" / "era2023"
 
 
 def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, panels: str = "abcdef",

@@ -19,26 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from kvlab.paperlib.specs import CONF_DIR, Job
+from kvlab.calibrate.runs import compose
+from kvlab.paperlib.specs import Job
 
 NL = "normalized_latency_s_per_token"
 KEEP = ("request_throughput", "output_throughput", NL, "mean_batched_requests", "kv_capacity_tokens",
         "mem_token_states_ratio", "mem_reservation_ratio", "mem_internal_frag_ratio",
         "mem_external_frag_ratio", "num_preemptions", "swapped_bytes", "prefix_hit_rate",
         "sharing_saved_ratio", "num_requests", "num_finished", "duration_s", "mean_ttft_ms", "mean_tpot_ms")
-
-
-def compose(overrides: list[str]) -> dict[str, Any]:
-    """Resolved config for ``overrides`` (Hydra compose API, fresh global state)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from kvlab.config_check import as_plain
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return as_plain(hydra_compose(config_name="config", overrides=list(overrides)))
 
 
 def steady_state(engine: Any) -> dict[str, float]:

@@ -63,7 +63,7 @@ COMPLETION = request_bodies(CompletionRequest, {
 }, PLAUSIBLE_COMPLETION)
 CHAT = request_bodies(ChatCompletionRequest, {**COMMON, "max_completion_tokens": SMALL}, PLAUSIBLE_CHAT)
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.fixture(scope="module")
