@@ -170,8 +170,9 @@ def build(root: Path, t: dict[str, pd.DataFrame], mode: str, seconds: float, fig
               "comparison; a closer match to the paper's hour-long curves needs longer traces than this "
               "machine's 60-minute budget allows for every panel.", ""]
     from kvlab.paperlib.era import section as era_section
+    from kvlab.paperlib.era_sensitivity import section as sensitivity_section
 
-    L += era_section() if mode == "full" else []
+    L += [*era_section(), *sensitivity_section()] if mode == "full" else []
     # Fig 13
     f13 = t["fig13"].copy()
     f13["system"] = f13["system"].map(_label)
