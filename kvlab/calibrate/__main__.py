@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base-hardware", default=None,
                     help="conf/hardware yaml for swap/copy constants (default cpu; required on cuda)")
     ap.add_argument("--force", action="store_true", help="validate: accept a profile from another machine")
+    ap.add_argument("--real-repeats", type=int, default=1, metavar="N",
+                    help="validate: run each workload N times on the real executor, compare with the median "
+                         "run and report the real runs' own spread (the machine's noise floor)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
                          "e.g. --override model.checkpoint=random")
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
 
             out = args.out or args.validate.with_name(args.validate.stem + ("-validation-quick.csv" if args.quick
                                                                              else "-validation.csv"))
-            table = validate(args.validate, quick=args.quick, force=args.force, out_csv=out)
+            table = validate(args.validate, quick=args.quick, force=args.force, out_csv=out,
+                             real_repeats=args.real_repeats)
             print(markdown(table))
             print(f"load average during validation: {table.attrs['load_average']}")
             write_manifest(Path(out).parent, vars(args), started=started,

@@ -70,9 +70,26 @@ def _errors(real: dict[str, float], sim: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def aggregate_real(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Repeated real runs of one workload -> (median per metric, spread per relative metric: (max -
+    min) / median in %). The spread is the machine's own run-to-run noise, the floor under any error
+    the simulator can be shown to have."""
+    median, spread = {}, {}
+    for m in METRICS:
+        v = sorted(float(r.get(m, math.nan)) for r in runs)
+        median[m] = float(pd.Series(v).median())
+        if m in RELATIVE:
+            spread[f"real_spread_{m}"] = 100 * (v[-1] - v[0]) / abs(median[m]) if median[m] else math.nan
+    return median, spread
+
+
 def validate(profile_path: str | Path, *, quick: bool = False, force: bool = False, out_csv: Path | None = None,
-             executor: Any = None, log: Any = print) -> pd.DataFrame:
-    """Run the held-out workloads; returns (and writes) the error table."""
+             executor: Any = None, log: Any = print, real_repeats: int = 1) -> pd.DataFrame:
+    """Run the held-out workloads; returns (and writes) the error table. ``real_repeats`` > 1 runs
+    each workload that many times on the real executor and compares the simulator with the median
+    run; the table then also carries the real runs' spread (``real_spread_*``)."""
+    if real_repeats < 1:
+        raise ValueError(f"real_repeats must be >= 1, got {real_repeats}")
     prof = load_profile(profile_path)
     problems = check_provenance(prof, force=force)
     if problems:
@@ -102,12 +119,19 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     for name, ov, mult in tqdm(wls, desc="held-out workloads", unit="run", dynamic_ncols=True):
         rate = "workload.rate=null" if mult is None else f"workload.rate={round(mult * sat, 4)}"
         sim = run_workload(compose(sim_ov + ov + [rate]))["metrics"]
-        rec = StepRecorder(executor, block_rows)
-        real_run = run_workload(compose(real_ov + ov + [rate]), rec)
-        real = real_run["metrics"]
-        rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim),
-                     **step_diagnostics(model, rec.steps, real_run["engine"].step_records)})
-        log(f"  {name}: output tok/s real {real['output_throughput']:.1f} sim {sim['output_throughput']:.1f}")
+        runs, diags = [], []
+        for _ in range(real_repeats):
+            rec = StepRecorder(executor, block_rows)
+            real_run = run_workload(compose(real_ov + ov + [rate]), rec)
+            runs.append(real_run["metrics"])
+            diags.append(step_diagnostics(model, rec.steps, real_run["engine"].step_records))
+        real, spread = aggregate_real(runs)
+        diag = {k: float(pd.Series([d[k] for d in diags]).median()) for k in diags[0]}
+        rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim), **diag,
+                     **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats})
+        log(f"  {name}: output tok/s real {real['output_throughput']:.1f}"
+            + (f" (median of {real_repeats}, spread {spread['real_spread_output_throughput']:.1f}%)"
+               if real_repeats > 1 else "") + f" sim {sim['output_throughput']:.1f}")
     table = pd.DataFrame(rows)
     table.attrs["load_average"] = {"before": load_before, "after": load_average()}
     if out_csv is not None:
@@ -169,4 +193,9 @@ def markdown(table: pd.DataFrame) -> str:
     lines.append("| **mean abs. error** | | " + " | ".join(
         f"{s[m]:.1f}" if m == "num_preemptions" else f"{s[m]:.1f}%" for m in METRICS) + (
         f" | {table['exec_err_pct'].abs().mean():.1f}% | |" if diag else " |"))
+    if f"real_spread_{RELATIVE[0]}" in table.columns:
+        n = int(table["real_repeats"].max())
+        lines.append(f"| *real runs' own spread (max-min of {n}, mean)* | | " + " | ".join(
+            f"{table[f'real_spread_{m}'].mean():.1f}%" if m in RELATIVE else "" for m in METRICS)
+            + (" | | |" if diag else " |"))
     return "\n".join(lines)
