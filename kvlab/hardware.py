@@ -47,7 +47,9 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
     "engine_step_overhead_us": ("engine_step_overhead_s", 1e-6, False),
     "engine_per_seq_us": ("engine_per_seq_s", 1e-6, False),
 }
-_PROFILE_KEYS = ("profile", "force")  # hardware=calibrated: the profile file, and skip its provenance check
+# hardware=calibrated: the profile file, skip its provenance check, and how much slower the machine
+# is now than when profiled (step times x time_scale; `calibrate --validate --speed-probe` measures it)
+_PROFILE_KEYS = ("profile", "force", "time_scale")
 _FRACTIONS = ("flop_efficiency", "bw_efficiency", "pcie_efficiency", "interconnect_efficiency")
 
 
@@ -84,6 +86,7 @@ class HardwareProfile:
     engine_per_seq_s: float = 0.0
     calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
     force: bool = False
+    time_scale: float = 1.0  # hardware=calibrated: multiplies the profile's step and host times
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
@@ -134,12 +137,16 @@ class HardwareProfile:
         force = cfg.get("force", False)
         if not isinstance(force, bool):
             raise ValueError(f"hardware.force must be true or false, got {force!r}")
+        time_scale = cfg.get("time_scale", 1.0)
+        time_scale = 1.0 if time_scale is None else time_scale
+        if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not time_scale > 0:
+            raise ValueError(f"hardware.time_scale must be a number > 0 (1.0 = as profiled), got {time_scale!r}")
         prof = load_profile(str(path))
         base = {**prof["hardware"], "name": str(cfg.get("name") or "calibrated")}
         base.update({k: cfg[k] for k in cfg if k.startswith("engine_") and cfg[k] is not None})
         hw = cls.from_config(base)
         return cls(**{**{f: getattr(hw, f) for f in hw.__dataclass_fields__}, "calibration": prof,
-                      "force": force})
+                      "force": force, "time_scale": float(time_scale)})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range constant."""

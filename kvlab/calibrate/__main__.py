@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--real-repeats", type=int, default=1, metavar="N",
                     help="validate: run each workload N times on the real executor, compare with the median "
                          "run and report the real runs' own spread (the machine's noise floor)")
+    ap.add_argument("--speed-probe", action="store_true",
+                    help="validate: before each workload re-time a few of the profile's grid points and run the "
+                         "simulator at the measured hardware.time_scale (how much slower the machine is now)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
                          "e.g. --override model.checkpoint=random")
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or args.validate.with_name(args.validate.stem + ("-validation-quick.csv" if args.quick
                                                                              else "-validation.csv"))
             table = validate(args.validate, quick=args.quick, force=args.force, out_csv=out,
-                             real_repeats=args.real_repeats)
+                             real_repeats=args.real_repeats, speed_probe=args.speed_probe)
             print(markdown(table))
             print(f"load average during validation: {table.attrs['load_average']}")
             write_manifest(Path(out).parent, vars(args), started=started,

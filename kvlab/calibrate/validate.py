@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from kvlab.calibrate.calibrate import build_real_executor, executor_overrides
+from kvlab.calibrate.probe import probe
 from kvlab.calibrate.runs import StepRecorder, compose, run_workload
 from kvlab.calibration_profile import check_provenance, describe, load_profile
 from kvlab.executor.cost_calibrated import CalibratedCostModel
@@ -84,10 +85,12 @@ def aggregate_real(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict
 
 
 def validate(profile_path: str | Path, *, quick: bool = False, force: bool = False, out_csv: Path | None = None,
-             executor: Any = None, log: Any = print, real_repeats: int = 1) -> pd.DataFrame:
+             executor: Any = None, log: Any = print, real_repeats: int = 1, speed_probe: bool = False) -> pd.DataFrame:
     """Run the held-out workloads; returns (and writes) the error table. ``real_repeats`` > 1 runs
     each workload that many times on the real executor and compares the simulator with the median
-    run; the table then also carries the real runs' spread (``real_spread_*``)."""
+    run; the table then also carries the real runs' spread (``real_spread_*``). ``speed_probe``:
+    before each workload, re-time a few of the profile's grid points (:mod:`kvlab.calibrate.probe`)
+    and run the simulator at that ``hardware.time_scale`` (column ``time_scale``)."""
     if real_repeats < 1:
         raise ValueError(f"real_repeats must be >= 1, got {real_repeats}")
     prof = load_profile(profile_path)
@@ -118,7 +121,8 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     rows = []
     for name, ov, mult in tqdm(wls, desc="held-out workloads", unit="run", dynamic_ncols=True):
         rate = "workload.rate=null" if mult is None else f"workload.rate={round(mult * sat, 4)}"
-        sim = run_workload(compose(sim_ov + ov + [rate]))["metrics"]
+        scale = probe(executor, prof)["time_scale"] if speed_probe else 1.0
+        sim = run_workload(compose(sim_ov + ov + [rate, f"hardware.time_scale={scale:.4f}"]))["metrics"]
         runs, diags = [], []
         for _ in range(real_repeats):
             rec = StepRecorder(executor, block_rows)
@@ -128,8 +132,9 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
         real, spread = aggregate_real(runs)
         diag = {k: float(pd.Series([d[k] for d in diags]).median()) for k in diags[0]}
         rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim), **diag,
-                     **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats})
-        log(f"  {name}: output tok/s real {real['output_throughput']:.1f}"
+                     **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats, "time_scale": scale})
+        log(f"  {name}: " + (f"time_scale {scale:.3f}, " if speed_probe else "")
+            + f"output tok/s real {real['output_throughput']:.1f}"
             + (f" (median of {real_repeats}, spread {spread['real_spread_output_throughput']:.1f}%)"
                if real_repeats > 1 else "") + f" sim {sim['output_throughput']:.1f}")
     table = pd.DataFrame(rows)

@@ -113,12 +113,16 @@ class CalibratedCostModel:
     coef: Mapping[str, float]
     host: Mapping[str, float]
     block_rows: int = 0  # the profiled executor's executor.weight_blocks rows (0: none)
+    # How much slower (>1) or faster (<1) the machine is now than when it was profiled: every
+    # step and host time is multiplied by it (1.0 = as profiled; `--validate --speed-probe` measures it).
+    time_scale: float = 1.0
 
     @classmethod
-    def from_profile(cls, prof: Mapping[str, Any]) -> CalibratedCostModel:
+    def from_profile(cls, prof: Mapping[str, Any], time_scale: float = 1.0) -> CalibratedCostModel:
         """The model of a calibration profile (``kvlab.calibration_profile.load_profile``)."""
         return cls({k: float(v["value"]) for k, v in prof["coefficients"].items()},
-                   {k: float(v["value"]) for k, v in prof["host_overhead"].items()}, int(prof.get("block_rows") or 0))
+                   {k: float(v["value"]) for k, v in prof["host_overhead"].items()}, int(prof.get("block_rows") or 0),
+                   float(time_scale))
 
     def __post_init__(self) -> None:
         missing = [k for k in FEATURE_NAMES if k not in self.coef]
@@ -128,16 +132,18 @@ class CalibratedCostModel:
         for k in FEATURE_NAMES:
             if float(self.coef[k]) < 0:
                 raise ValueError(f"calibrated cost model: coefficient {k} must be >= 0")
+        if not self.time_scale > 0:
+            raise ValueError(f"calibrated cost model: time_scale must be > 0, got {self.time_scale}")
 
     def execute_time(self, features: Mapping[str, float]) -> float:
         """Seconds of ``execute()`` for a step with ``features``."""
-        return sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
+        return self.time_scale * sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
 
     def host_time(self, num_seqs: int) -> float:
         """Seconds of engine work outside ``execute()`` for a step of ``num_seqs`` sequences."""
         if num_seqs <= 0:
             return 0.0
-        return float(self.host.get("step", 0.0)) + float(self.host.get("seqs", 0.0)) * num_seqs
+        return self.time_scale * (float(self.host.get("step", 0.0)) + float(self.host.get("seqs", 0.0)) * num_seqs)
 
     def step_time(self, seqs: Sequence[ScheduledSeq]) -> float:
         """Wall seconds one engine step takes: execute + host overhead."""
