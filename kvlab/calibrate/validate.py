@@ -115,7 +115,6 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     if executor is None:
         log("loading the model on the real executor ...")
         executor = build_real_executor(real_ov)
-    model = CalibratedCostModel.from_profile(prof)
     wls = workloads(quick)
     sat = run_workload(compose(sim_ov + wls[0][1] + ["workload.rate=null"]))["metrics"]["request_throughput"]
     rows = []
@@ -128,7 +127,8 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
             rec = StepRecorder(executor, block_rows)
             real_run = run_workload(compose(real_ov + ov + [rate]), rec)
             runs.append(real_run["metrics"])
-            diags.append(step_diagnostics(model, rec.steps, real_run["engine"].step_records))
+            diags.append(step_diagnostics(CalibratedCostModel.from_profile(prof, scale), rec.steps,
+                                          real_run["engine"].step_records))
         real, spread = aggregate_real(runs)
         diag = {k: float(pd.Series([d[k] for d in diags]).median()) for k in diags[0]}
         rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim), **diag,
