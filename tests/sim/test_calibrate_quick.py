@@ -38,7 +38,7 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     assert manifest["entry_point"] == "kvlab.calibrate" and manifest["config"]["threads"] == 1
 
     csv = tmp_path / "table.csv"
-    assert main(["--validate", str(path), "--quick", "--out", str(csv)]) == 0
+    assert main(["--validate", str(path), "--quick", "--speed-probe", "--out", str(csv)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == f"validation: {csv}"
     import pandas as pd
@@ -48,6 +48,8 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     for m in METRICS:
         assert {f"real_{m}", f"sim_{m}", f"err_{m}"} <= set(table.columns)
         assert table[f"err_{m}"].map(math.isfinite).all(), m
+    # the probe re-timed the quick grid's points it shares with the probe set: a finite positive ratio
+    assert table["time_scale"].map(lambda v: math.isfinite(v) and v > 0).all()
     offline = table.iloc[0]
     # with every request at t=0 the schedule does not depend on timing: same batches on both executors
     assert offline["sim_mean_batched_requests"] == pytest.approx(offline["real_mean_batched_requests"], rel=0.02)
