@@ -26,9 +26,9 @@ def probe(executor: Any, prof: Mapping[str, Any], repeats: int = 2,
     """Re-time ``names`` (those the profile measured) on ``executor``; returns ``{"time_scale": median
     of now/then, "points": {name: ratio}}``. Raises ``ValueError`` if the profile has none of them."""
     then = {(r["point"], int(r["block_size"])): float(r["measured_s"]) for r in prof["fit"]["residuals"]}
-    points = [p for p in design(quick=False) + design(quick=True)
-              if p.name in names and (p.name, p.block_size) in then]
-    points = list({(p.name, p.block_size): p for p in points}.values())
+    # both grids: a quick profile (the tests') measured the quick grid's shapes
+    points = list({(p.name, p.block_size): p for p in design(quick=False) + design(quick=True)
+                   if p.name in names and (p.name, p.block_size) in then}.values())
     if not points:
         raise ValueError(f"speed probe: the profile measured none of {list(names)}")
     now = measure(executor, points, repeats, warmup=1)

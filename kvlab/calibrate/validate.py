@@ -122,13 +122,12 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
         rate = "workload.rate=null" if mult is None else f"workload.rate={round(mult * sat, 4)}"
         scale = probe(executor, prof)["time_scale"] if speed_probe else 1.0
         sim = run_workload(compose(sim_ov + ov + [rate, f"hardware.time_scale={scale:.4f}"]))["metrics"]
-        runs, diags = [], []
+        model, runs, diags = CalibratedCostModel.from_profile(prof, scale), [], []
         for _ in range(real_repeats):
             rec = StepRecorder(executor, block_rows)
             real_run = run_workload(compose(real_ov + ov + [rate]), rec)
             runs.append(real_run["metrics"])
-            diags.append(step_diagnostics(CalibratedCostModel.from_profile(prof, scale), rec.steps,
-                                          real_run["engine"].step_records))
+            diags.append(step_diagnostics(model, rec.steps, real_run["engine"].step_records))
         real, spread = aggregate_real(runs)
         diag = {k: float(pd.Series([d[k] for d in diags]).median()) for k in diags[0]}
         rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim), **diag,

@@ -25,19 +25,31 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
+from kvlab.calibrate.runs import CONF_DIR
 from kvlab.paperlib import era, numbers
 from kvlab.paperlib.specs import Job
 
 TP_PANELS = "bcef"
-DATASHEET_ALLREDUCE_US = 10.0  # conf/hardware/a100-*.yaml interconnect_latency_us: what the prediction uses
 TP_LATENCY_US: tuple[float, ...] = (50.0, 100.0, 150.0, 200.0, 250.0)
 FT_PANELS = "cf"
 FT_BATCH: tuple[int, ...] = (2, 4, 8)
 KNOBS = {"allreduce_us": "hardware.interconnect_latency_us", "ft_batch": "scheduler.max_batch_size"}
 LOWLOAD_RATE = {"b": 0.4, "c": 1.5}  # vLLM's lowest plotted rate, req/s (vllm-paper.md, Fig 12 [D])
-LAYERS = {"b": 64, "c": 96, "e": 64, "f": 96}  # OPT-66B / OPT-175B decoder layers (tensor-parallel panels)
 ROOT = era.ROOT / "sensitivity"
+
+
+def _panel_conf(panel: str, group: str) -> dict[str, Any]:
+    """The ``conf/<group>/*.yaml`` (model, hardware) that panel's era jobs run with."""
+    name = next(o.split("=", 1)[1] for o in era.jobs(panel)[0].overrides if o.startswith(f"{group}="))
+    return yaml.safe_load((CONF_DIR / group / f"{name}.yaml").read_text())
+
+
+# What the prediction itself uses per all-reduce (the panels' hardware yaml, NCCL's ~10 µs), and the
+# decoder layers of the 66B (b) and 175B (c) panels' models: the per-step cost a swept value adds.
+DATASHEET_ALLREDUCE_US = float(_panel_conf("b", "hardware")["interconnect_latency_us"])
+LAYERS = {p: int(_panel_conf(p, "model")["num_layers"]) for p in "bc"}
 
 
 def sweep_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, ft_values: tuple[int, ...] = FT_BATCH,
