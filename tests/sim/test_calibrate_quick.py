@@ -33,7 +33,9 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     assert prof["machine"]["cpu_model"] and len(prof["load_average"]["before"]) == 3
     assert len(prof["fit"]["residuals"]) == prof["fit"]["num_points"] >= 10
     assert all(v["value"] >= 0 for v in prof["coefficients"].values())
-    assert prof["coefficients"]["step"]["value"] > 0  # every forward costs something
+    # every forward costs something: each grid step's predicted time is positive (which coefficient
+    # carries the fixed cost is the fit's choice; on a noisy machine NNLS may put it on per-sequence terms)
+    assert min(r["predicted_s"] for r in prof["fit"]["residuals"]) > 0
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["entry_point"] == "kvlab.calibrate" and manifest["config"]["threads"] == 1
 
