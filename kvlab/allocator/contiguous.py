@@ -281,13 +281,14 @@ class ContiguousAllocator(BlockTableQueries):
         for start, granted, slots in runs:
             assert cdiv(slots, self.block_size) <= granted
             holders.update(range(start, start + granted))
-        assert all(n == 1 for n in holders.values()), "a block is in two runs"
+        assert max(holders.values(), default=1) == 1, "a block is in two runs"
         self.pool.check(holders)
         self.cpu_pool.check(Counter(c for cpu, _, _ in self._swapped.values() for c in cpu))
         free_in_placement = sum(n for _, n in self.placement.extents())
         assert free_in_placement == len(self.pool.free_queue), "placement and pool disagree on free blocks"
+        free = self.pool.free_queue
         for s, n in self.placement.extents():
-            assert all(b in self.pool.free_queue for b in range(s, s + n)), "placement hands out a used block"
+            assert all(map(free.__contains__, range(s, s + n))), "placement hands out a used block"
         assert sum(self._alive.values()) == len(self._runs) + len(self._swapped), "alive counts"
         assert all(rid in self._alive for rid in self._held), "held runs of a request with no sequence"
         rep = self.memory_report()

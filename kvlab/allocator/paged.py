@@ -315,17 +315,20 @@ class PagedAllocator(BlockTableQueries):
         parked = set()
         if index is not None:
             index.check(self.pool.ref)
-            parked = {b for b in range(self.num_blocks) if self.pool.ref[b] == 0 and index.is_cached(b)}
+            parked = {b for b in index.cached_block_ids() if self.pool.ref[b] == 0}
             assert self._num_registered.keys() == self._tables.keys(), "registration map out of sync"
         self.pool.check(holders, parked)
         self.cpu_pool.check(Counter(c for t in self._swapped.values() for c in t))
         assert self._logical_blocks == sum(len(t) for t in self._tables.values()), "logical count"
         assert self._seqs.keys() == self._tables.keys(), "seq map out of sync"
         assert not (self._tables.keys() & self._swapped.keys()), "sequence both on GPU and CPU"
+        shared = {b for b, n in holders.items() if n > 1}  # only these can be held across requests
         owners: dict[int, set[str]] = {}
         for sid, t in self._tables.items():
-            for b in t:
-                owners.setdefault(b, set()).add(self._seqs[sid].request.request_id)
+            if not shared.isdisjoint(t):
+                rid = self._seqs[sid].request.request_id
+                for b in shared.intersection(t):
+                    owners.setdefault(b, set()).add(rid)
         for b, reqs in owners.items():
             assert len(reqs) == 1 or self._may_share_across_requests(b), (
                 f"block {b} held by requests {sorted(reqs)} without prefix sharing")
