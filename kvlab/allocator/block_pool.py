@@ -18,6 +18,8 @@ been free longest (and, for the prefix cache, unreferenced longest) is reused fi
 from __future__ import annotations
 
 from collections import OrderedDict, deque
+from itertools import compress
+from operator import not_
 
 
 class BlockPool:
@@ -105,29 +107,45 @@ class BlockPool:
         blocks kept elsewhere: the prefix index's evictable set). O(num_blocks), but in C-level
         list and set operations: the engine runs it after every step under
         ``KVLAB_CHECK_INVARIANTS`` (the whole test suite), on pools of up to ~10^5 blocks."""
-        n = self.num_blocks
-        assert len(self.ref) == n
-        want = [0] * n
-        for b, c in expected_refs.items():
-            if c:
-                want[b] = c
-        if self.ref != want:
-            b = next(i for i in range(n) if self.ref[i] != want[i])
-            raise AssertionError(f"block {b}: ref {self.ref[b]} but held by {want[b]} tables")
+        n, ref = self.num_blocks, self.ref
+        assert len(ref) == n
+        refs = expected_refs if 0 not in expected_refs.values() else {b: c for b, c in expected_refs.items() if c}
+        # ref == expected: the held blocks carry their counts and no other block is referenced
+        in_range = not refs or (min(refs) >= 0 and max(refs) < n)
+        if not in_range or list(map(ref.__getitem__, refs)) != list(refs.values()) \
+                or n - ref.count(0) != len(refs):
+            b = next(i for i in sorted(set(range(n)) | set(refs)) if (ref[i] if 0 <= i < n else None) != refs.get(i, 0))
+            raise AssertionError(f"block {b}: ref {ref[b] if 0 <= b < n else None} but held by {refs.get(b, 0)} tables")
+        # the free queue holds exactly the unreferenced, unparked blocks: (no duplicates,) none of
+        # them referenced or parked, and as many as there are such blocks (C-level passes only)
+        fq = self.free_queue
+        try:
+            ok = (len(fq) == ref.count(0) - len(parked) and not any(map(ref.__getitem__, parked))
+                  and not any(map(ref.__getitem__, fq)) and not any(map(fq.__contains__, parked))
+                  and (not fq or min(fq) >= 0))
+        except (IndexError, TypeError):  # an id outside the pool
+            ok = False
+        if ok and not isinstance(fq, dict):
+            ok = len(set(fq)) == len(fq)
+        if not ok:
+            self._explain_free_queue(parked)
+
+    def _explain_free_queue(self, parked: set[int] | frozenset[int]) -> None:
+        """Raise the first inconsistency between the free queue, ``ref`` and ``parked`` (the slow
+        path of :meth:`check`, taken only when it found one)."""
+        n, ref = self.num_blocks, self.ref
         free = set(self.free_queue)
         assert len(free) == len(self.free_queue), "a block is queued twice"
         assert not (free & parked), "a block is both free and parked"
-        held = {b for b, c in expected_refs.items() if c}
-        assert held.isdisjoint(parked), "a parked block is referenced"
-        if not free.isdisjoint(held):
-            b = min(free & held)
-            raise AssertionError(f"block {b}: ref {self.ref[b]} but in-free-queue=True")
-        assert not free or (min(free) >= 0 and max(free) < n), "a block id outside the pool is queued"
-        # free is a subset of the unheld, unparked blocks; equal sizes make it all of them
-        idle = n - len(held | set(parked))
-        if len(free) != idle:
-            b = next(i for i in range(n) if i not in free and i not in held and i not in parked)
-            raise AssertionError(f"block {b}: ref 0 but in-free-queue=False")
+        idle = set(compress(range(n), map(not_, ref)))
+        assert idle.issuperset(parked), "a parked block is referenced"
+        idle -= parked
+        if free - idle:
+            b = min(free - idle)
+            if not 0 <= b < n:
+                raise AssertionError(f"a block id outside the pool is queued: {b}")
+            raise AssertionError(f"block {b}: ref {ref[b]} but in-free-queue=True")
+        raise AssertionError(f"block {min(idle - free)}: ref 0 but in-free-queue=False")
 
 
 class FifoBlockPool(BlockPool):

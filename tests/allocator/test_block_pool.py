@@ -74,3 +74,25 @@ def test_check_catches_every_kind_of_corruption(how, message):
     refs, parked = _corrupt(pool, how)
     with pytest.raises(AssertionError, match=message):
         pool.check(refs, parked)
+
+
+@pytest.mark.parametrize("cls", [BlockPool, FifoBlockPool])
+def test_check_catches_a_duplicate_or_negative_id_in_the_queue(cls):
+    pool = cls(4)
+    pool.pop_free()  # block 0 held
+    pool.check({0: 1})
+    if cls is FifoBlockPool:  # a deque can queue a block twice
+        pool.free_queue.remove(3)
+        pool.free_queue.append(1)
+        with pytest.raises(AssertionError, match="queued twice"):
+            pool.check({0: 1})
+    pool = cls(4)
+    pool.pop_free()
+    if cls is FifoBlockPool:
+        pool.free_queue.remove(3)
+        pool.free_queue.append(-1)
+    else:
+        del pool.free_queue[3]
+        pool.free_queue[-1] = None
+    with pytest.raises(AssertionError, match="outside the pool"):
+        pool.check({0: 1})
