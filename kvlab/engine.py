@@ -187,7 +187,7 @@ class LLMEngine:
         if result.device_stats:  # sampled GPU readings (torch executor on CUDA)
             self.step_records[-1].gpu_memory_used_bytes = result.device_stats.get("gpu_memory_used_bytes")
             self.step_records[-1].gpu_utilization_pct = result.device_stats.get("gpu_utilization_pct")
-        if debug.CHECK_INVARIANTS:
+        if debug.CHECK_INVARIANTS and self.num_steps % debug.CHECK_INVARIANTS == 0:
             self.allocator.check_invariants()
         return outputs
 

@@ -14,7 +14,7 @@ from kvlab.scheduler import SCHEDULERS
 
 
 def test_the_suite_checks_invariants_every_step():
-    assert debug.CHECK_INVARIANTS
+    assert debug.CHECK_INVARIANTS == 1
 
 
 @pytest.mark.parametrize("allocator", ALLOCATORS.names())

@@ -5,6 +5,7 @@ rates, so capacities are coarse lower bounds: only relations that hold with marg
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,8 +73,12 @@ def check_tables(tables: Path) -> None:
 def test_paper_quick_writes_every_figure_and_the_report(tmp_path: Path) -> None:
     # No wall-clock assertion: speed is measured by `kvlab.paper` itself ("took N min"), not in a
     # unit test; on 2 cores shared with other jobs the quick run takes 10 min or more.
+    # Allocator invariants every 10th step (kvlab/debug.py): every step would double the run's
+    # ~4 CPU-minutes (tens of thousands of steps on pools of up to ~10^5 blocks), and a broken
+    # invariant persists, so a periodic check still catches it.
+    env = {**os.environ, "KVLAB_CHECK_INVARIANTS": "10"}
     proc = subprocess.run([sys.executable, "-m", "kvlab.paper", "--quick", "--out", str(tmp_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=2400)
+                          cwd=REPO, capture_output=True, text=True, timeout=2400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in FIGURE_FILES:
         png = tmp_path / "figures" / f"{name}.png"
