@@ -18,7 +18,9 @@ LOADED = ["workload.rate=4", "workload.num_requests=500", "workload.warmup_s=30"
 
 
 def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # invariants every 10th step (kvlab/debug.py): these are 500-request paper-scale runs, where
+    # checking the prefix index every step doubles the run
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "KVLAB_CHECK_INVARIANTS": "10"}
     return subprocess.run([sys.executable, "-m", "kvlab.run", *args], cwd=ROOT, env=env, text=True,
                           capture_output=True, timeout=timeout)
 
@@ -78,9 +80,12 @@ def test_bad_config_fails_before_any_work(args, needle, tmp_path):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_fig13_batch_size_order(tmp_path):
+def test_fig13_batch_size_order(tmp_path, monkeypatch):
     """OPT-13B / A100-40GB / ShareGPT at 2 req/s: Orca Max < Pow2 < Oracle < paged (paper Fig. 13)."""
+    from kvlab import debug
     from kvlab.experiment import run_experiment
+
+    monkeypatch.setattr(debug, "CHECK_INVARIANTS", 10)  # 4 x 400 requests: every 10th step is enough
     from kvlab.llm import compose_config
 
     batched = {}
