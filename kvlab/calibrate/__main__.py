@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="validate: run each workload N times on the real executor, compare with the median "
                          "run and report the real runs' own spread (the machine's noise floor)")
     ap.add_argument("--speed-probe", action="store_true",
-                    help="validate: before each workload re-time a few of the profile's grid points and run the "
-                         "simulator at the measured hardware.time_scale (how much slower the machine is now)")
+                    help="validate: re-time a few of the profile's grid points before and after every real run "
+                         "and predict that run at the mean measured hardware.time_scale (how much slower the "
+                         "machine is now)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
                          "e.g. --override model.checkpoint=random")
