@@ -23,7 +23,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvlab.calibrate.calibrate import build_real_executor, executor_overrides  # noqa: E402
+from kvlab.calibrate.calibrate import build_real_executor, profiled_executor_overrides  # noqa: E402
 from kvlab.calibrate.grid import design, measure  # noqa: E402
 from kvlab.calibration_profile import load_profile  # noqa: E402
 
@@ -48,9 +48,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True, help="CSV of every timed step")
     args = ap.parse_args()
     prof = load_profile(args.profile)
-    ov = executor_overrides(prof.get("model_group") or prof["model"], prof["dtype"], "cpu", args.threads,
-                            list(prof.get("model_overrides") or []))
-    ex = build_real_executor(ov + [f"executor.weight_blocks={prof.get('block_rows') or 'off'}"])
+    ex = build_real_executor(profiled_executor_overrides(prof, args.threads))
     pts = [p for p in design() if p.name in POINTS]
     measure(ex, pts, 0, warmup=2)
     rows, t0, last = [], time.time(), 0.0

@@ -112,15 +112,15 @@ class BlockPool:
         refs = expected_refs if 0 not in expected_refs.values() else {b: c for b, c in expected_refs.items() if c}
         # ref == expected: the held blocks carry their counts and no other block is referenced
         in_range = not refs or (min(refs) >= 0 and max(refs) < n)
-        if not in_range or list(map(ref.__getitem__, refs)) != list(refs.values()) \
-                or n - ref.count(0) != len(refs):
+        zeros = ref.count(0)
+        if not in_range or list(map(ref.__getitem__, refs)) != list(refs.values()) or n - zeros != len(refs):
             b = next(i for i in sorted(set(range(n)) | set(refs)) if (ref[i] if 0 <= i < n else None) != refs.get(i, 0))
             raise AssertionError(f"block {b}: ref {ref[b] if 0 <= b < n else None} but held by {refs.get(b, 0)} tables")
         # the free queue holds exactly the unreferenced, unparked blocks: (no duplicates,) none of
         # them referenced or parked, and as many as there are such blocks (C-level passes only)
         fq = self.free_queue
         try:
-            ok = (len(fq) == ref.count(0) - len(parked) and not any(map(ref.__getitem__, parked))
+            ok = (len(fq) == zeros - len(parked) and not any(map(ref.__getitem__, parked))
                   and not any(map(ref.__getitem__, fq)) and not any(map(fq.__contains__, parked))
                   and (not fq or min(fq) >= 0))
         except (IndexError, TypeError):  # an id outside the pool

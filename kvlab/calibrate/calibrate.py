@@ -50,6 +50,19 @@ def executor_overrides(model: str, dtype: str, device: str, threads: int, extra:
             f"executor.num_threads={threads}", "kv.swap_space_gib=0", "show_progress=false", *(extra or [])]
 
 
+def profiled_executor_overrides(prof: dict[str, Any], threads: int | None = None) -> list[str]:
+    """Hydra overrides of the real executor a loaded profile (``load_profile``) was made with:
+    its model, dtype, device, threads (unless ``threads`` is given) and extra overrides, and the
+    profile's GGUF block rows rather than a fresh start-up measurement, so the executor routes the
+    same steps to the same matmul path as when profiled."""
+    block_rows = int(prof.get("block_rows") or 0)
+    return executor_overrides(prof.get("model_group") or prof["model"], prof["dtype"],
+                              str(prof["machine"].get("device", "cpu")),
+                              int(prof["threads"]) if threads is None else threads,
+                              list(prof.get("model_overrides") or [])) + [
+        f"executor.weight_blocks={block_rows if block_rows else 'off'}"]
+
+
 def build_real_executor(overrides: list[str]) -> Any:
     from kvlab.executor.torch_runner import build_torch_executor
 

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from kvlab.calibrate.calibrate import build_real_executor, executor_overrides
+from kvlab.calibrate.calibrate import build_real_executor, profiled_executor_overrides
 from kvlab.calibrate.probe import probe
 from kvlab.calibrate.runs import StepRecorder, compose, run_workload
 from kvlab.calibration_profile import check_provenance, describe, load_profile
@@ -103,14 +103,10 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     load_before = load_average()
     warn = busy_message(load_before)
     log(f"load average {load_before}" + (f"\nWARNING: {warn}" if warn else ""))
-    device = str(prof["machine"].get("device", "cpu"))
     extra = list(prof.get("model_overrides") or [])
     model = prof.get("model_group") or prof["model"]
     block_rows = int(prof.get("block_rows") or 0)
-    # the real executor takes the profile's block rows (not its own start-up measurement), so both
-    # executors route the same steps to the same matmul path
-    real_ov = executor_overrides(model, prof["dtype"], device, int(prof["threads"]), extra) + [
-        f"executor.weight_blocks={block_rows if block_rows else 'off'}"]
+    real_ov = profiled_executor_overrides(prof)
     sim_ov = ["executor=sim", "hardware=calibrated", f"hardware.profile={prof['path']}", f"model={model}",
               f"model.dtype_bytes={prof['dtype_bytes']}", f"hardware.force={str(force).lower()}",
               "kv.swap_space_gib=0", "show_progress=false", *extra]
