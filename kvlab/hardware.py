@@ -48,8 +48,9 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
     "engine_per_seq_us": ("engine_per_seq_s", 1e-6, False),
 }
 # hardware=calibrated: the profile file, skip its provenance check, and how much slower the machine
-# is now than when profiled (step times x time_scale; `calibrate --validate --speed-probe` measures it)
-_PROFILE_KEYS = ("profile", "force", "time_scale")
+# is now than the profile's model (step times x time_scale; steps with a prompt chunk x
+# time_scale_prefill when set; `calibrate --validate --speed-probe` measures both)
+_PROFILE_KEYS = ("profile", "force", "time_scale", "time_scale_prefill")
 _FRACTIONS = ("flop_efficiency", "bw_efficiency", "pcie_efficiency", "interconnect_efficiency")
 
 
@@ -87,6 +88,7 @@ class HardwareProfile:
     calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
     force: bool = False
     time_scale: float = 1.0  # hardware=calibrated: multiplies the profile's step and host times
+    time_scale_prefill: float | None = None  # ... and, when set, instead that of steps with a prompt chunk
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
@@ -139,14 +141,18 @@ class HardwareProfile:
             raise ValueError(f"hardware.force must be true or false, got {force!r}")
         time_scale = cfg.get("time_scale", 1.0)
         time_scale = 1.0 if time_scale is None else time_scale
-        if isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not time_scale > 0:
-            raise ValueError(f"hardware.time_scale must be a number > 0 (1.0 = as profiled), got {time_scale!r}")
+        prefill_scale = cfg.get("time_scale_prefill")
+        for key, v in (("time_scale", time_scale), ("time_scale_prefill", prefill_scale)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+                raise ValueError(f"hardware.{key} must be a number > 0 (1.0 = as profiled"
+                                 + (", null = time_scale" if key == "time_scale_prefill" else "") + f"), got {v!r}")
         prof = load_profile(str(path))
         base = {**prof["hardware"], "name": str(cfg.get("name") or "calibrated")}
         base.update({k: cfg[k] for k in cfg if k.startswith("engine_") and cfg[k] is not None})
         hw = cls.from_config(base)
         return cls(**{**{f: getattr(hw, f) for f in hw.__dataclass_fields__}, "calibration": prof,
-                      "force": force, "time_scale": float(time_scale)})
+                      "force": force, "time_scale": float(time_scale),
+                      "time_scale_prefill": None if prefill_scale is None else float(prefill_scale)})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range constant."""

@@ -28,6 +28,7 @@ METRICS = {"output_throughput": "output tok/s", "mean_ttft_ms": "mean TTFT ms", 
            "mean_tpot_ms": "mean TPOT ms", "normalized_latency_s_per_token": "mean norm. latency s/tok",
            "mean_batched_requests": "mean batch", "num_preemptions": "preemptions"}
 RELATIVE = [m for m in METRICS if m != "num_preemptions"]
+SCALES = ("time_scale", "time_scale_prefill")  # the probe's two regimes, as hardware.* overrides
 
 
 def _uniform(n: int, p: tuple[int, int], o: tuple[int, int], seed: int) -> list[str]:
@@ -89,10 +90,12 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     """Run the held-out workloads; returns (and writes) the error table. ``real_repeats`` > 1 runs
     each workload that many times on the real executor and compares the simulator with the median
     run; the table then also carries the real runs' spread (``real_spread_*``). ``speed_probe``:
-    re-time a few of the profile's grid points (:mod:`kvlab.calibrate.probe`) before and after
-    every real run and predict that run with the simulator at the mean of the two
-    (``hardware.time_scale``); the simulator's metrics are then the median over the repeats too
-    (columns ``time_scale``: the median scale, ``probe_min``/``probe_max``: the probes' range)."""
+    time the probe's shapes against the profile's model (:mod:`kvlab.calibrate.probe`) before and
+    after every real run and predict that run with the simulator at the mean of the two, per
+    regime (``hardware.time_scale`` for decode steps, ``hardware.time_scale_prefill`` for steps
+    with a prompt chunk); the simulator's metrics are then the median over the repeats too
+    (columns ``time_scale``/``time_scale_prefill``: the median scales, ``*_min``/``*_max``: the
+    probes' range)."""
     if real_repeats < 1:
         raise ValueError(f"real_repeats must be >= 1, got {real_repeats}")
     prof = load_profile(profile_path)
@@ -119,30 +122,33 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     for name, ov, mult in tqdm(wls, desc="held-out workloads", unit="run", dynamic_ncols=True):
         rate = "workload.rate=null" if mult is None else f"workload.rate={round(mult * sat, 4)}"
         # --speed-probe: probes bracket every real repeat (the one after a repeat is the one before
-        # the next), and that repeat's simulator runs at the mean of its two probes
-        probes = [probe(executor, prof)["time_scale"]] if speed_probe else []
+        # the next), and that repeat's simulator runs at the mean of its two probes, per regime
+        probes = [probe(executor, prof)] if speed_probe else []
         runs, sims, scales, diags = [], [], [], []
         for _ in range(real_repeats):
             rec = StepRecorder(executor, block_rows)
             real_run = run_workload(compose(real_ov + ov + [rate]), rec)
             runs.append(real_run["metrics"])
+            scale = (1.0, 1.0)
             if speed_probe:
-                probes.append(probe(executor, prof)["time_scale"])
-            scale = (probes[-2] + probes[-1]) / 2 if speed_probe else 1.0
+                probes.append(probe(executor, prof))
+                scale = tuple((probes[-2][k] + probes[-1][k]) / 2 for k in SCALES)
             if not sims or speed_probe:  # without the probe every repeat's prediction is the same run
-                sim_cfg = compose(sim_ov + ov + [rate, f"hardware.time_scale={scale:.4f}"])
+                sim_cfg = compose(sim_ov + ov + [rate] + [f"hardware.{k}={v:.4f}" for k, v in zip(SCALES, scale)])
                 sims.append(run_workload(sim_cfg)["metrics"])
             scales.append(scale)
-            diags.append(step_diagnostics(CalibratedCostModel.from_profile(prof, scale), rec.steps,
+            diags.append(step_diagnostics(CalibratedCostModel.from_profile(prof, *scale), rec.steps,
                                           real_run["engine"].step_records))
         real, spread = aggregate_real(runs)
         sim, _ = aggregate_real(sims)
         diag = {k: float(pd.Series([d[k] for d in diags]).median()) for k in diags[0]}
-        scale = float(pd.Series(scales).median())
+        med = {k: float(pd.Series([s[i] for s in scales]).median()) for i, k in enumerate(SCALES)}
         rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim), **diag,
-                     **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats, "time_scale": scale,
-                     **({"probe_min": min(probes), "probe_max": max(probes)} if speed_probe else {})})
-        log(f"  {name}: " + (f"time_scale {scale:.3f}, " if speed_probe else "")
+                     **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats, **med,
+                     **({f"{k}_{e}": f(p[k] for p in probes) for k in SCALES for e, f in (("min", min), ("max", max))}
+                        if speed_probe else {})})
+        log(f"  {name}: " + (f"time_scale {med['time_scale']:.3f} decode / {med['time_scale_prefill']:.3f} "
+                             "prefill, " if speed_probe else "")
             + f"output tok/s real {real['output_throughput']:.1f}"
             + (f" (median of {real_repeats}, spread {spread['real_spread_output_throughput']:.1f}%)"
                if real_repeats > 1 else "") + f" sim {sim['output_throughput']:.1f}")

@@ -113,16 +113,21 @@ class CalibratedCostModel:
     coef: Mapping[str, float]
     host: Mapping[str, float]
     block_rows: int = 0  # the profiled executor's executor.weight_blocks rows (0: none)
-    # How much slower (>1) or faster (<1) the machine is now than when it was profiled: every
-    # step and host time is multiplied by it (1.0 = as profiled; `--validate --speed-probe` measures it).
+    # How much slower (>1) or faster (<1) the machine is now than the model predicts: every host
+    # time and the execute() time of a step without a prompt chunk is multiplied by it (1.0 = as
+    # profiled; `--validate --speed-probe` measures it). Steps with a chunk are compute-bound GEMMs
+    # and drift differently from decode steps (docs/simulator.md, "Two regimes"), so they take
+    # ``prefill_time_scale`` (None = the same as time_scale).
     time_scale: float = 1.0
+    prefill_time_scale: float | None = None
 
     @classmethod
-    def from_profile(cls, prof: Mapping[str, Any], time_scale: float = 1.0) -> CalibratedCostModel:
+    def from_profile(cls, prof: Mapping[str, Any], time_scale: float = 1.0,
+                     prefill_time_scale: float | None = None) -> CalibratedCostModel:
         """The model of a calibration profile (``kvlab.calibration_profile.load_profile``)."""
         return cls({k: float(v["value"]) for k, v in prof["coefficients"].items()},
                    {k: float(v["value"]) for k, v in prof["host_overhead"].items()}, int(prof.get("block_rows") or 0),
-                   float(time_scale))
+                   float(time_scale), None if prefill_time_scale is None else float(prefill_time_scale))
 
     def __post_init__(self) -> None:
         missing = [k for k in FEATURE_NAMES if k not in self.coef]
@@ -132,12 +137,16 @@ class CalibratedCostModel:
         for k in FEATURE_NAMES:
             if float(self.coef[k]) < 0:
                 raise ValueError(f"calibrated cost model: coefficient {k} must be >= 0")
-        if not self.time_scale > 0:
-            raise ValueError(f"calibrated cost model: time_scale must be > 0, got {self.time_scale}")
+        for name, v in (("time_scale", self.time_scale), ("prefill_time_scale", self.prefill_time_scale)):
+            if v is not None and not v > 0:
+                raise ValueError(f"calibrated cost model: {name} must be > 0, got {v}")
 
     def execute_time(self, features: Mapping[str, float]) -> float:
         """Seconds of ``execute()`` for a step with ``features``."""
-        return self.time_scale * sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
+        scale = self.time_scale
+        if self.prefill_time_scale is not None and features.get("chunks", 0.0) > 0:
+            scale = self.prefill_time_scale
+        return scale * sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
 
     def host_time(self, num_seqs: int) -> float:
         """Seconds of engine work outside ``execute()`` for a step of ``num_seqs`` sequences."""

@@ -50,10 +50,10 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     for m in METRICS:
         assert {f"real_{m}", f"sim_{m}", f"err_{m}"} <= set(table.columns)
         assert table[f"err_{m}"].map(math.isfinite).all(), m
-    # the probe re-timed the quick grid's points it shares with the probe set: a finite positive ratio
-    assert table["time_scale"].map(lambda v: math.isfinite(v) and v > 0).all()
-    # probes bracket the real run: its scale is the mean of the probes before and after it
-    assert ((table["probe_min"] <= table["time_scale"]) & (table["time_scale"] <= table["probe_max"])).all()
+    for k in ("time_scale", "time_scale_prefill"):  # the probe's two regimes: finite positive ratios
+        assert table[k].map(lambda v: math.isfinite(v) and v > 0).all()
+        # probes bracket the real run: its scale is the mean of the probes before and after it
+        assert ((table[f"{k}_min"] <= table[k]) & (table[k] <= table[f"{k}_max"])).all()
     offline = table.iloc[0]
     # with every request at t=0 the schedule does not depend on timing: same batches on both executors
     assert offline["sim_mean_batched_requests"] == pytest.approx(offline["real_mean_batched_requests"], rel=0.02)

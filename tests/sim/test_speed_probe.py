@@ -1,35 +1,45 @@
-"""The speed probe: a machine that got uniformly slower is measured as such, and the simulator scales."""
+"""The speed probe: a machine that got slower (per regime) is measured as such, and the simulator scales."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from kvlab.calibrate.grid import design, measure
-from kvlab.calibrate.probe import PROBE_POINTS, probe
+from kvlab.calibrate.probe import DECODE_POINTS, PREFILL_POINTS, probe
 from kvlab.executor.cost_calibrated import FEATURE_NAMES, CalibratedCostModel
 from kvlab.hardware import HardwareProfile
 from tests.sim.test_calibrate_fit import TRUE, NoisyExecutor
 
 
-def _profile(executor: NoisyExecutor) -> dict:
-    """A profile's ``fit.residuals`` as calibrate writes them, measured on ``executor``."""
-    measured = measure(executor, design(quick=False), repeats=3, warmup=1)
-    return {"fit": {"residuals": [{"point": m.point.name, "block_size": m.point.block_size,
-                                   "measured_s": m.median} for m in measured]}}
+def _profile(coef: dict[str, float]) -> dict:
+    """A profile as ``load_profile`` returns it, whose model is ``coef`` (no host terms)."""
+    return {"coefficients": {k: {"value": v} for k, v in (dict.fromkeys(FEATURE_NAMES, 0.0) | coef).items()},
+            "host_overhead": {"step": {"value": 0.0}, "seqs": {"value": 0.0}}, "block_rows": 0}
 
 
-@pytest.mark.parametrize("slower", [1.0, 1.3, 0.8])
-def test_probe_recovers_a_uniform_change_of_speed(slower: float) -> None:
-    prof = _profile(NoisyExecutor(TRUE, sigma=0.02, spike_p=0.0, seed=1))
-    now = NoisyExecutor({k: slower * v for k, v in TRUE.items()}, sigma=0.02, spike_p=0.1, seed=2)
-    out = probe(now, prof, repeats=3)
-    assert out["time_scale"] == pytest.approx(slower, rel=0.04)
-    assert set(out["points"]) == set(PROBE_POINTS)
+@pytest.mark.parametrize("decode,prefill", [(1.0, 1.0), (1.3, 1.3), (0.8, 1.1), (1.2, 0.9)])
+def test_probe_recovers_each_regimes_change_of_speed(decode: float, prefill: float) -> None:
+    now = NoisyExecutor(TRUE, sigma=0.02, spike_p=0.1, seed=2)
+    now.model = dataclasses.replace(now.model, time_scale=decode, prefill_time_scale=prefill)
+    out = probe(now, _profile(TRUE))
+    assert out["time_scale"] == pytest.approx(decode, rel=0.04)
+    assert out["time_scale_prefill"] == pytest.approx(prefill, rel=0.04)
+    assert set(out["points"]) == set(DECODE_POINTS + PREFILL_POINTS)
 
 
-def test_probe_refuses_a_profile_without_its_points() -> None:
-    with pytest.raises(ValueError, match="measured none of"):
-        probe(NoisyExecutor(TRUE), {"fit": {"residuals": [{"point": "x", "block_size": 16, "measured_s": 1.0}]}})
+def test_probe_compares_with_the_model_so_a_biased_model_is_corrected() -> None:
+    # the machine's decodes cost 15% more per sequence than the profile's model says: the probe's
+    # decode scale rises above 1 (by less than 15%: the per-sequence term is part of each step)
+    slower_seqs = TRUE | {"decode_seqs": 1.15 * TRUE["decode_seqs"], "decode_kv": 1.15 * TRUE["decode_kv"]}
+    out = probe(NoisyExecutor(slower_seqs, sigma=0.0, spike_p=0.0), _profile(TRUE))
+    assert 1.0 < out["time_scale"] < 1.15
+    assert out["time_scale_prefill"] == pytest.approx(1.0, abs=0.02)
+
+
+def test_probe_refuses_a_model_that_predicts_no_time() -> None:
+    with pytest.raises(ValueError, match="predicts 0.0 s for"):
+        probe(NoisyExecutor(TRUE), _profile({}))
 
 
 def test_time_scale_multiplies_step_and_host_time() -> None:
@@ -40,9 +50,22 @@ def test_time_scale_multiplies_step_and_host_time() -> None:
     assert slow.host_time(5) == pytest.approx(1.25 * base.host_time(5))
     with pytest.raises(ValueError, match="time_scale must be > 0"):
         CalibratedCostModel(coef, host, time_scale=0.0)
+    with pytest.raises(ValueError, match="prefill_time_scale must be > 0"):
+        CalibratedCostModel(coef, host, prefill_time_scale=-1.0)
 
 
+def test_prefill_time_scale_applies_to_steps_with_a_chunk_only() -> None:
+    coef, host = dict.fromkeys(FEATURE_NAMES, 0.0) | TRUE, {"step": 1e-3, "seqs": 1e-5}
+    base = CalibratedCostModel(coef, host)
+    two = CalibratedCostModel(coef, host, time_scale=1.25, prefill_time_scale=0.8)
+    decode, mixed = {"step": 1.0, "tokens": 3.0, "decode_seqs": 3.0}, {"step": 1.0, "tokens": 67.0, "chunks": 1.0}
+    assert two.execute_time(decode) == pytest.approx(1.25 * base.execute_time(decode))
+    assert two.execute_time(mixed) == pytest.approx(0.8 * base.execute_time(mixed))
+    assert two.host_time(5) == pytest.approx(1.25 * base.host_time(5))  # host work: the decode regime
+
+
+@pytest.mark.parametrize("key", ["time_scale", "time_scale_prefill"])
 @pytest.mark.parametrize("bad", [0, -1.0, "fast", True])
-def test_hardware_time_scale_must_be_a_positive_number(bad: object) -> None:
-    with pytest.raises(ValueError, match="hardware.time_scale must be a number > 0"):
-        HardwareProfile.from_config({"name": "calibrated", "profile": "unused.json", "time_scale": bad})
+def test_hardware_time_scales_must_be_positive_numbers(key: str, bad: object) -> None:
+    with pytest.raises(ValueError, match=f"hardware.{key} must be a number > 0"):
+        HardwareProfile.from_config({"name": "calibrated", "profile": "unused.json", key: bad})
