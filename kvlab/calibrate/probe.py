@@ -15,8 +15,9 @@ Two choices, both measured on the developer's VM (docs/simulator.md, "Two regime
 * **Two regimes.** Decode steps (small matmuls over streamed weights, attention over the cache)
   and steps with a prompt chunk (large GEMMs) do not drift together: over 5-minute traces their
   30-second medians correlated at 0.58-0.74 while decode shapes correlated at 0.72-0.89 among
-  themselves. So decode shapes give ``time_scale`` (decode-only steps and the host time) and
-  chunk shapes give ``time_scale_prefill`` (steps with a prompt chunk).
+  themselves (2 torch threads, ``drift-threads2.csv``). So decode shapes give ``time_scale``
+  (decode-only steps and the host time) and chunk shapes give ``time_scale_prefill`` (steps with
+  a prompt chunk).
 """
 
 from __future__ import annotations
