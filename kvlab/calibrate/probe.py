@@ -30,7 +30,10 @@ from kvlab.calibrate.grid import design, measure
 from kvlab.executor.cost_calibrated import CalibratedCostModel
 
 # Decode groups of the sizes and contexts held-out runs spend their steps in (lone to 24
-# sequences, uniform and uneven contexts); cheap, so timed three times each.
+# sequences, uniform and uneven contexts), timed eight times each: one pass over them takes ~1 s
+# on SmolLM2, and within 30 s the machine's decode speed varies with an IQR of 10-19%, so three
+# passes (the first design) read a moment rather than the level a run sees (the four decode
+# probes around one held-out workload's three runs ranged 0.60-0.89).
 DECODE_POINTS = ("decode1x32", "decode2x96", "decode4x256", "decode-uneven6", "decode12x256", "decode-uneven12",
                  "decode-uneven16", "decode24x256")
 # Steps with a prompt chunk: a short and a long prompt, a later chunk, a mixed step, and the
@@ -39,7 +42,7 @@ PREFILL_POINTS = ("prefill96", "prefill320", "chunk128@512", "mixed8x200+prefill
 PROBE_POINTS = DECODE_POINTS + PREFILL_POINTS
 
 
-def probe(executor: Any, prof: Mapping[str, Any], decode_repeats: int = 3, prefill_repeats: int = 2) -> dict[str, Any]:
+def probe(executor: Any, prof: Mapping[str, Any], decode_repeats: int = 8, prefill_repeats: int = 2) -> dict[str, Any]:
     """Time the probe shapes on ``executor`` and compare with ``prof``'s model; returns
     ``{"time_scale": median now/model of the decode shapes, "time_scale_prefill": that of the
     chunk shapes, "points": {name: ratio}}``. Raises ``ValueError`` if the model predicts no time
