@@ -7,7 +7,8 @@ with (model, dtype, block rows), then re-times four of the profile's grid shapes
 12 and 24 decodes, a 320-token prefill) back to back, in a shuffled order each pass, for
 ``--minutes``, and writes one row per timed step (``t`` seconds since the start, ``point``,
 ``seconds``). The summary it prints: each shape's 30-second medians relative to its overall median
-(slow drift), and the median within-window IQR / median (fast jitter). Not a unit test.
+(slow drift), the median within-window IQR / median (fast jitter) and the correlation of the
+shapes' window medians (do they drift together?). ``--points`` picks other grid shapes. Not a unit test.
 
     .venv/bin/python experiments/speed_drift.py --threads 2 --minutes 5 --out /tmp/drift_t2.csv
 """
@@ -46,10 +47,16 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--out", type=Path, required=True, help="CSV of every timed step")
+    ap.add_argument("--points", default=",".join(POINTS),
+                    help="comma-separated grid shapes to time (default: %(default)s)")
     args = ap.parse_args()
+    names = args.points.split(",")
+    unknown = sorted(set(names) - {p.name for p in design()})
+    if unknown:
+        ap.error(f"--points: unknown shape(s) {unknown}; choose from {sorted(p.name for p in design())}")
     prof = load_profile(args.profile)
     ex = build_real_executor(profiled_executor_overrides(prof, args.threads))
-    pts = [p for p in design() if p.name in POINTS]
+    pts = [p for p in design() if p.name in names]
     measure(ex, pts, 0, warmup=2)
     rows, t0, last = [], time.time(), 0.0
     while (now := time.time() - t0) < args.minutes * 60:
@@ -64,6 +71,7 @@ def main() -> int:
     drift, jitter = summarize(df)
     print("30-s window medians / overall median:\n" + drift.round(3).to_string())
     print("median within-window IQR / median:", {k: round(v, 3) for k, v in jitter.items()})
+    print("correlation of the window medians:\n" + drift.corr().round(2).to_string())
     print(f"results: {args.out}")
     return 0
 
