@@ -48,9 +48,11 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
     "engine_per_seq_us": ("engine_per_seq_s", 1e-6, False),
 }
 # hardware=calibrated: the profile file, skip its provenance check, and how much slower the machine
-# is now than the profile's model (step times x time_scale; steps with a prompt chunk x
-# time_scale_prefill when set; `calibrate --validate --speed-probe` measures both)
-_PROFILE_KEYS = ("profile", "force", "time_scale", "time_scale_prefill")
+# is now than the profile's model, per regime (kvlab.executor.cost_calibrated.regime): steps on the
+# GGUF block path and host times x time_scale, dense steps with a prompt chunk x time_scale_prefill,
+# dense decode-only steps x time_scale_dense_decode (null: time_scale); `--speed-probe` measures them
+_PROFILE_KEYS = ("profile", "force", "time_scale", "time_scale_prefill", "time_scale_dense_decode")
+_SCALE_KEYS = _PROFILE_KEYS[2:]
 _FRACTIONS = ("flop_efficiency", "bw_efficiency", "pcie_efficiency", "interconnect_efficiency")
 
 
@@ -88,7 +90,8 @@ class HardwareProfile:
     calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
     force: bool = False
     time_scale: float = 1.0  # hardware=calibrated: multiplies the profile's step and host times
-    time_scale_prefill: float | None = None  # ... and, when set, instead that of steps with a prompt chunk
+    time_scale_prefill: float | None = None  # ... instead, when set: dense steps with a prompt chunk
+    time_scale_dense_decode: float | None = None  # ... and dense decode-only steps
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
@@ -139,20 +142,18 @@ class HardwareProfile:
         force = cfg.get("force", False)
         if not isinstance(force, bool):
             raise ValueError(f"hardware.force must be true or false, got {force!r}")
-        time_scale = cfg.get("time_scale", 1.0)
-        time_scale = 1.0 if time_scale is None else time_scale
-        prefill_scale = cfg.get("time_scale_prefill")
-        for key, v in (("time_scale", time_scale), ("time_scale_prefill", prefill_scale)):
+        scales = {k: cfg.get(k) for k in _SCALE_KEYS}
+        scales["time_scale"] = 1.0 if scales["time_scale"] is None else scales["time_scale"]
+        for key, v in scales.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise ValueError(f"hardware.{key} must be a number > 0 (1.0 = as profiled"
-                                 + (", null = time_scale" if key == "time_scale_prefill" else "") + f"), got {v!r}")
+                                 + (", null = time_scale" if key != "time_scale" else "") + f"), got {v!r}")
         prof = load_profile(str(path))
         base = {**prof["hardware"], "name": str(cfg.get("name") or "calibrated")}
         base.update({k: cfg[k] for k in cfg if k.startswith("engine_") and cfg[k] is not None})
         hw = cls.from_config(base)
         return cls(**{**{f: getattr(hw, f) for f in hw.__dataclass_fields__}, "calibration": prof,
-                      "force": force, "time_scale": float(time_scale),
-                      "time_scale_prefill": None if prefill_scale is None else float(prefill_scale)})
+                      "force": force, **{k: None if v is None else float(v) for k, v in scales.items()}})
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first out-of-range constant."""

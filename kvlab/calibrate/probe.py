@@ -12,12 +12,16 @@ Two choices, both measured on the developer's VM (docs/simulator.md, "Two regime
   that point's noise (IQR 10-20% of it); the model is fitted on ~35 points and two real runs, so
   "now / model" is what the simulator must be multiplied by to match the machine now, and it also
   absorbs the model's own average bias over the probe's shapes.
-* **Two regimes.** Decode steps (small matmuls over streamed weights, attention over the cache)
-  and steps with a prompt chunk (large GEMMs) do not drift together: over 5-minute traces their
-  30-second medians correlated at 0.58-0.74 while decode shapes correlated at 0.72-0.89 among
-  themselves (2 torch threads, ``drift-threads2.csv``). So decode shapes give ``time_scale``
-  (decode-only steps and the host time) and chunk shapes give ``time_scale_prefill`` (steps with
-  a prompt chunk).
+* **Three regimes** (:func:`kvlab.executor.cost_calibrated.regime`). Steps whose matmuls read
+  the GGUF blocks (at most ``block_rows`` tokens: compute-bound dequantisation), decode-only steps
+  on the dense fp32 weights (streaming them from DRAM) and dense steps with a prompt chunk (large
+  GEMMs) do not drift together. In a 5-minute trace (2 threads, ``drift-paths-threads2.csv``) the
+  30-second medians of two block-path decodes correlated at 0.93, a dense decode with them at
+  0.41-0.44 and with a prefill at 0.22, and the prefill with the block-path decodes at -0.16 and
+  -0.02. So each probe shape is put in its regime by its own features, and each regime's scale
+  is the median of its shapes' ratios: ``time_scale`` (block-path steps and the host time),
+  ``time_scale_dense_decode`` and ``time_scale_prefill``. A regime without probe shapes (no block
+  rows in the profile) takes ``time_scale``, which is then the median over every decode shape.
 """
 
 from __future__ import annotations
@@ -27,35 +31,39 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvlab.calibrate.grid import design, measure
-from kvlab.executor.cost_calibrated import CalibratedCostModel
+from kvlab.executor.cost_calibrated import CalibratedCostModel, regime
 
 # Decode groups of the sizes and contexts held-out runs spend their steps in (lone to 24
-# sequences, uniform and uneven contexts), timed eight times each: one pass over them takes ~1 s
-# on SmolLM2, and within 30 s the machine's decode speed varies with an IQR of 10-19%, so three
-# passes (the first design) read a moment rather than the level a run sees (the four decode
-# probes around one held-out workload's three runs ranged 0.60-0.89).
+# sequences, uniform and uneven contexts: block-path and dense decodes), timed six times each: one
+# pass over them takes ~1.5 s on SmolLM2, and within 30 s the machine's decode speed varies with an
+# IQR of 10-19%, so a probe of three passes (the first design) read a moment rather than the level
+# a run sees (the four decode probes around one held-out workload's three runs ranged 0.60-0.89).
 DECODE_POINTS = ("decode1x32", "decode2x96", "decode4x256", "decode-uneven6", "decode12x256", "decode-uneven12",
-                 "decode-uneven16", "decode24x256")
+                 "decode-uneven16", "decode24x32", "decode24x256", "decode24x640")
 # Steps with a prompt chunk: a short and a long prompt, a later chunk, a mixed step, and the
 # many-prompt step an offline batch starts with (4 s on SmolLM2, so two repeats).
 PREFILL_POINTS = ("prefill96", "prefill320", "chunk128@512", "mixed8x200+prefill128", "prefill8x200")
 PROBE_POINTS = DECODE_POINTS + PREFILL_POINTS
 
 
-def probe(executor: Any, prof: Mapping[str, Any], decode_repeats: int = 8, prefill_repeats: int = 2) -> dict[str, Any]:
+def probe(executor: Any, prof: Mapping[str, Any], decode_repeats: int = 6, prefill_repeats: int = 2) -> dict[str, Any]:
     """Time the probe shapes on ``executor`` and compare with ``prof``'s model; returns
-    ``{"time_scale": median now/model of the decode shapes, "time_scale_prefill": that of the
-    chunk shapes, "points": {name: ratio}}``. Raises ``ValueError`` if the model predicts no time
-    for a shape (a profile whose coefficients are all zero there)."""
+    ``{"time_scale", "time_scale_dense_decode", "time_scale_prefill"}`` (median now/model of each
+    regime's shapes, module docstring) and ``"points": {name: ratio}``. Raises ``ValueError`` if
+    the model predicts no time for a shape (a profile whose coefficients are all zero there)."""
     model = CalibratedCostModel.from_profile(prof)
     grid = {p.name: p for p in design(quick=False) if p.block_size == 16}
     ratios: dict[str, float] = {}
-    medians: dict[tuple[str, ...], float] = {}
+    by_regime: dict[str, list[float]] = {}
     for names, repeats in ((DECODE_POINTS, decode_repeats), (PREFILL_POINTS, prefill_repeats)):
         for m in measure(executor, [grid[n] for n in names], repeats, warmup=1):
-            predicted = model.execute_time(m.point.features(model.block_rows))
+            feats = m.point.features(model.block_rows)
+            predicted = model.execute_time(feats)
             if not predicted > 0:
                 raise ValueError(f"speed probe: the profile's model predicts {predicted} s for {m.point.name}")
             ratios[m.point.name] = m.median / predicted
-        medians[names] = statistics.median(ratios[n] for n in names)
-    return {"time_scale": medians[DECODE_POINTS], "time_scale_prefill": medians[PREFILL_POINTS], "points": ratios}
+            by_regime.setdefault(regime(feats), []).append(ratios[m.point.name])
+    base = statistics.median(by_regime.get("block") or [ratios[n] for n in DECODE_POINTS])
+    return {"time_scale": base,
+            "time_scale_dense_decode": statistics.median(by_regime.get("dense_decode") or [base]),
+            "time_scale_prefill": statistics.median(by_regime.get("dense_chunk") or [base]), "points": ratios}

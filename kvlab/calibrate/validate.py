@@ -28,7 +28,7 @@ METRICS = {"output_throughput": "output tok/s", "mean_ttft_ms": "mean TTFT ms", 
            "mean_tpot_ms": "mean TPOT ms", "normalized_latency_s_per_token": "mean norm. latency s/tok",
            "mean_batched_requests": "mean batch", "num_preemptions": "preemptions"}
 RELATIVE = [m for m in METRICS if m != "num_preemptions"]
-SCALES = ("time_scale", "time_scale_prefill")  # the probe's two regimes, as hardware.* overrides
+SCALES = ("time_scale", "time_scale_prefill", "time_scale_dense_decode")  # the probe's regimes (hardware.*)
 
 
 def _uniform(n: int, p: tuple[int, int], o: tuple[int, int], seed: int) -> list[str]:
@@ -92,10 +92,9 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     run; the table then also carries the real runs' spread (``real_spread_*``). ``speed_probe``:
     time the probe's shapes against the profile's model (:mod:`kvlab.calibrate.probe`) before and
     after every real run and predict that run with the simulator at the mean of the two, per
-    regime (``hardware.time_scale`` for decode steps, ``hardware.time_scale_prefill`` for steps
-    with a prompt chunk); the simulator's metrics are then the median over the repeats too
-    (columns ``time_scale``/``time_scale_prefill``: the median scales, ``*_min``/``*_max``: the
-    probes' range)."""
+    regime (``hardware.time_scale``, ``time_scale_dense_decode``, ``time_scale_prefill``); the
+    simulator's metrics are then the median over the repeats too (columns named like the scales:
+    their medians, ``*_min``/``*_max``: the probes' range)."""
     if real_repeats < 1:
         raise ValueError(f"real_repeats must be >= 1, got {real_repeats}")
     prof = load_profile(profile_path)
@@ -129,7 +128,7 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
             rec = StepRecorder(executor, block_rows)
             real_run = run_workload(compose(real_ov + ov + [rate]), rec)
             runs.append(real_run["metrics"])
-            scale = (1.0, 1.0)
+            scale = (1.0, 1.0, 1.0)
             if speed_probe:
                 probes.append(probe(executor, prof))
                 scale = tuple((probes[-2][k] + probes[-1][k]) / 2 for k in SCALES)
@@ -147,8 +146,8 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
                      **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats, **med,
                      **({f"{k}_{e}": f(p[k] for p in probes) for k in SCALES for e, f in (("min", min), ("max", max))}
                         if speed_probe else {})})
-        log(f"  {name}: " + (f"time_scale {med['time_scale']:.3f} decode / {med['time_scale_prefill']:.3f} "
-                             "prefill, " if speed_probe else "")
+        log(f"  {name}: " + (f"time_scale {med['time_scale']:.3f} block / {med['time_scale_dense_decode']:.3f} "
+                             f"dense decode / {med['time_scale_prefill']:.3f} prefill, " if speed_probe else "")
             + f"output tok/s real {real['output_throughput']:.1f}"
             + (f" (median of {real_repeats}, spread {spread['real_spread_output_throughput']:.1f}%)"
                if real_repeats > 1 else "") + f" sim {sim['output_throughput']:.1f}")

@@ -102,6 +102,18 @@ def step_features(seqs: Sequence[ScheduledSeq], block_rows: int = 0) -> dict[str
     return f
 
 
+REGIMES = ("block", "dense_decode", "dense_chunk")
+
+
+def regime(features: Mapping[str, float]) -> str:
+    """Which speed regime a step's features put it in: ``block`` (its matmuls read the GGUF blocks:
+    compute-bound dequantisation), ``dense_decode`` (decode-only on the dense weights: streaming
+    them from DRAM) or ``dense_chunk`` (a prompt chunk on the dense weights: large GEMMs). Pure."""
+    if features.get("block_step", 0.0) > 0:
+        return "block"
+    return "dense_chunk" if features.get("chunks", 0.0) > 0 else "dense_decode"
+
+
 @dataclass(frozen=True)
 class CalibratedCostModel:
     """Step time from fitted coefficients (seconds per feature unit). Immutable.
@@ -113,21 +125,23 @@ class CalibratedCostModel:
     coef: Mapping[str, float]
     host: Mapping[str, float]
     block_rows: int = 0  # the profiled executor's executor.weight_blocks rows (0: none)
-    # How much slower (>1) or faster (<1) the machine is now than the model predicts: every host
-    # time and the execute() time of a step without a prompt chunk is multiplied by it (1.0 = as
-    # profiled; `--validate --speed-probe` measures it). Steps with a chunk are compute-bound GEMMs
-    # and drift differently from decode steps (docs/simulator.md, "Two regimes"), so they take
-    # ``prefill_time_scale`` (None = the same as time_scale).
+    # How much slower (>1) or faster (<1) the machine is now than the model predicts, per regime
+    # (:func:`regime`; `--validate --speed-probe` measures them): ``time_scale`` multiplies steps on
+    # the GGUF block path and every host time; ``dense_decode_time_scale`` decode-only steps on the
+    # dense path; ``prefill_time_scale`` dense steps with a prompt chunk. None = time_scale.
+    # Three because they drift apart on a shared VM (docs/simulator.md, "Three regimes").
     time_scale: float = 1.0
     prefill_time_scale: float | None = None
+    dense_decode_time_scale: float | None = None
 
     @classmethod
-    def from_profile(cls, prof: Mapping[str, Any], time_scale: float = 1.0,
-                     prefill_time_scale: float | None = None) -> CalibratedCostModel:
+    def from_profile(cls, prof: Mapping[str, Any], time_scale: float = 1.0, prefill_time_scale: float | None = None,
+                     dense_decode_time_scale: float | None = None) -> CalibratedCostModel:
         """The model of a calibration profile (``kvlab.calibration_profile.load_profile``)."""
         return cls({k: float(v["value"]) for k, v in prof["coefficients"].items()},
                    {k: float(v["value"]) for k, v in prof["host_overhead"].items()}, int(prof.get("block_rows") or 0),
-                   float(time_scale), None if prefill_time_scale is None else float(prefill_time_scale))
+                   float(time_scale), None if prefill_time_scale is None else float(prefill_time_scale),
+                   None if dense_decode_time_scale is None else float(dense_decode_time_scale))
 
     def __post_init__(self) -> None:
         missing = [k for k in FEATURE_NAMES if k not in self.coef]
@@ -137,15 +151,15 @@ class CalibratedCostModel:
         for k in FEATURE_NAMES:
             if float(self.coef[k]) < 0:
                 raise ValueError(f"calibrated cost model: coefficient {k} must be >= 0")
-        for name, v in (("time_scale", self.time_scale), ("prefill_time_scale", self.prefill_time_scale)):
+        for name, v in (("time_scale", self.time_scale), ("prefill_time_scale", self.prefill_time_scale),
+                        ("dense_decode_time_scale", self.dense_decode_time_scale)):
             if v is not None and not v > 0:
                 raise ValueError(f"calibrated cost model: {name} must be > 0, got {v}")
 
     def execute_time(self, features: Mapping[str, float]) -> float:
         """Seconds of ``execute()`` for a step with ``features``."""
-        scale = self.time_scale
-        if self.prefill_time_scale is not None and features.get("chunks", 0.0) > 0:
-            scale = self.prefill_time_scale
+        scale = {"dense_chunk": self.prefill_time_scale,
+                 "dense_decode": self.dense_decode_time_scale}.get(regime(features)) or self.time_scale
         return scale * sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
 
     def host_time(self, num_seqs: int) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from kvlab.calibrate.__main__ import main
-from kvlab.calibrate.validate import METRICS
+from kvlab.calibrate.validate import METRICS, SCALES
 
 TINY = ["model.checkpoint=random", "model.name=tiny-llama", "model.num_layers=2", "model.hidden_size=64",
         "model.num_heads=4", "model.num_kv_heads=2", "model.head_dim=16", "model.ffn_size=128",
@@ -50,7 +50,7 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     for m in METRICS:
         assert {f"real_{m}", f"sim_{m}", f"err_{m}"} <= set(table.columns)
         assert table[f"err_{m}"].map(math.isfinite).all(), m
-    for k in ("time_scale", "time_scale_prefill"):  # the probe's two regimes: finite positive ratios
+    for k in SCALES:  # the probe's regimes: finite positive ratios
         assert table[k].map(lambda v: math.isfinite(v) and v > 0).all()
         # probes bracket the real run: its scale is the mean of the probes before and after it
         assert ((table[f"{k}_min"] <= table[k]) & (table[k] <= table[f"{k}_max"])).all()

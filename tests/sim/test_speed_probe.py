@@ -7,25 +7,35 @@ import dataclasses
 import pytest
 
 from kvlab.calibrate.probe import DECODE_POINTS, PREFILL_POINTS, probe
-from kvlab.executor.cost_calibrated import FEATURE_NAMES, CalibratedCostModel
+from kvlab.executor.cost_calibrated import FEATURE_NAMES, REGIMES, CalibratedCostModel, regime
 from kvlab.hardware import HardwareProfile
-from tests.sim.test_calibrate_fit import TRUE, NoisyExecutor
+from tests.sim.test_calibrate_fit import BLOCK_TRUE, TRUE, NoisyExecutor
 
 
-def _profile(coef: dict[str, float]) -> dict:
+def _profile(coef: dict[str, float], block_rows: int = 0) -> dict:
     """A profile as ``load_profile`` returns it, whose model is ``coef`` (no host terms)."""
     return {"coefficients": {k: {"value": v} for k, v in (dict.fromkeys(FEATURE_NAMES, 0.0) | coef).items()},
-            "host_overhead": {"step": {"value": 0.0}, "seqs": {"value": 0.0}}, "block_rows": 0}
+            "host_overhead": {"step": {"value": 0.0}, "seqs": {"value": 0.0}}, "block_rows": block_rows}
 
 
-@pytest.mark.parametrize("decode,prefill", [(1.0, 1.0), (1.3, 1.3), (0.8, 1.1), (1.2, 0.9)])
-def test_probe_recovers_each_regimes_change_of_speed(decode: float, prefill: float) -> None:
-    now = NoisyExecutor(TRUE, sigma=0.02, spike_p=0.1, seed=2)
-    now.model = dataclasses.replace(now.model, time_scale=decode, prefill_time_scale=prefill)
-    out = probe(now, _profile(TRUE))
-    assert out["time_scale"] == pytest.approx(decode, rel=0.04)
+@pytest.mark.parametrize("block,dense,prefill", [(1.0, 1.0, 1.0), (1.3, 1.3, 1.3), (0.8, 1.2, 1.1), (1.2, 0.85, 0.9)])
+def test_probe_recovers_each_regimes_change_of_speed(block: float, dense: float, prefill: float) -> None:
+    now = NoisyExecutor(BLOCK_TRUE, sigma=0.02, spike_p=0.1, seed=2, block_rows=16)
+    now.model = dataclasses.replace(now.model, time_scale=block, dense_decode_time_scale=dense,
+                                    prefill_time_scale=prefill)
+    out = probe(now, _profile(BLOCK_TRUE, block_rows=16))
+    assert out["time_scale"] == pytest.approx(block, rel=0.04)
+    assert out["time_scale_dense_decode"] == pytest.approx(dense, rel=0.04)
     assert out["time_scale_prefill"] == pytest.approx(prefill, rel=0.04)
     assert set(out["points"]) == set(DECODE_POINTS + PREFILL_POINTS)
+
+
+def test_probe_without_block_rows_puts_every_decode_in_the_dense_regime() -> None:
+    now = NoisyExecutor(TRUE, sigma=0.0, spike_p=0.0)
+    now.model = dataclasses.replace(now.model, time_scale=1.2, prefill_time_scale=0.9)
+    out = probe(now, _profile(TRUE))
+    assert out["time_scale"] == pytest.approx(1.2) and out["time_scale_dense_decode"] == pytest.approx(1.2)
+    assert out["time_scale_prefill"] == pytest.approx(0.9)
 
 
 def test_probe_compares_with_the_model_so_a_biased_model_is_corrected() -> None:
@@ -52,19 +62,28 @@ def test_time_scale_multiplies_step_and_host_time() -> None:
         CalibratedCostModel(coef, host, time_scale=0.0)
     with pytest.raises(ValueError, match="prefill_time_scale must be > 0"):
         CalibratedCostModel(coef, host, prefill_time_scale=-1.0)
+    with pytest.raises(ValueError, match="dense_decode_time_scale must be > 0"):
+        CalibratedCostModel(coef, host, dense_decode_time_scale=0.0)
 
 
-def test_prefill_time_scale_applies_to_steps_with_a_chunk_only() -> None:
-    coef, host = dict.fromkeys(FEATURE_NAMES, 0.0) | TRUE, {"step": 1e-3, "seqs": 1e-5}
-    base = CalibratedCostModel(coef, host)
-    two = CalibratedCostModel(coef, host, time_scale=1.25, prefill_time_scale=0.8)
-    decode, mixed = {"step": 1.0, "tokens": 3.0, "decode_seqs": 3.0}, {"step": 1.0, "tokens": 67.0, "chunks": 1.0}
-    assert two.execute_time(decode) == pytest.approx(1.25 * base.execute_time(decode))
-    assert two.execute_time(mixed) == pytest.approx(0.8 * base.execute_time(mixed))
-    assert two.host_time(5) == pytest.approx(1.25 * base.host_time(5))  # host work: the decode regime
+def test_each_regime_takes_its_own_scale() -> None:
+    coef, host = dict.fromkeys(FEATURE_NAMES, 0.0) | BLOCK_TRUE, {"step": 1e-3, "seqs": 1e-5}
+    base = CalibratedCostModel(coef, host, 16)
+    three = CalibratedCostModel(coef, host, 16, time_scale=1.25, prefill_time_scale=0.8, dense_decode_time_scale=1.1)
+    cases = {"block": ({"block_step": 1.0, "block_tokens": 3.0, "decode_seqs": 3.0}, 1.25),
+             "dense_decode": ({"step": 1.0, "tokens": 20.0, "decode_seqs": 20.0}, 1.1),
+             "dense_chunk": ({"step": 1.0, "tokens": 67.0, "chunks": 1.0}, 0.8)}
+    for name, (feats, k) in cases.items():
+        assert regime(feats) == name
+        assert three.execute_time(feats) == pytest.approx(k * base.execute_time(feats)), name
+    assert three.host_time(5) == pytest.approx(1.25 * base.host_time(5))  # host work: time_scale
+    # unset regimes follow time_scale
+    one = CalibratedCostModel(coef, host, 16, time_scale=1.25)
+    assert all(one.execute_time(f) == pytest.approx(1.25 * base.execute_time(f)) for f, _ in cases.values())
+    assert REGIMES == tuple(cases)
 
 
-@pytest.mark.parametrize("key", ["time_scale", "time_scale_prefill"])
+@pytest.mark.parametrize("key", ["time_scale", "time_scale_prefill", "time_scale_dense_decode"])
 @pytest.mark.parametrize("bad", [0, -1.0, "fast", True])
 def test_hardware_time_scales_must_be_positive_numbers(key: str, bad: object) -> None:
     with pytest.raises(ValueError, match=f"hardware.{key} must be a number > 0"):
