@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="validate: run each workload N times on the real executor, compare with the median "
                          "run and report the real runs' own spread (the machine's noise floor)")
     ap.add_argument("--speed-probe", action="store_true",
-                    help="validate: re-time a few of the profile's grid points before and after every real run "
-                         "and predict that run at the mean measured hardware.time_scale (how much slower the "
-                         "machine is now)")
+                    help="validate: time fixed step shapes against the profile's model before and after every "
+                         "real run and predict that run at the mean measured scales, one per speed regime "
+                         "(hardware.time_scale, time_scale_dense_decode, time_scale_prefill: how much slower "
+                         "the machine is now)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
                          "e.g. --override model.checkpoint=random")

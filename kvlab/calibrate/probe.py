@@ -6,22 +6,23 @@ model can foresee. The probe times a fixed set of the grid's step shapes (warm-u
 repeats, as ``kvlab.calibrate.grid.measure`` does) and compares each with the profile's *model*
 at that shape. It reads the machine, never the workload being predicted.
 
-Two choices, both measured on the developer's VM (docs/simulator.md, "Two regimes"):
+Two choices, both measured on the developer's VM (docs/simulator.md, "Three regimes"):
 
 * **Against the model, not the profile's stored medians.** A stored median of 4 repeats carries
   that point's noise (IQR 10-20% of it); the model is fitted on ~35 points and two real runs, so
   "now / model" is what the simulator must be multiplied by to match the machine now, and it also
   absorbs the model's own average bias over the probe's shapes.
-* **Three regimes** (:func:`kvlab.executor.cost_calibrated.regime`). Steps whose matmuls read
-  the GGUF blocks (at most ``block_rows`` tokens: compute-bound dequantisation), decode-only steps
-  on the dense fp32 weights (streaming them from DRAM) and dense steps with a prompt chunk (large
-  GEMMs) do not drift together. In a 5-minute trace (2 threads, ``drift-paths-threads2.csv``) the
-  30-second medians of two block-path decodes correlated at 0.93, a dense decode with them at
-  0.41-0.44 and with a prefill at 0.22, and the prefill with the block-path decodes at -0.16 and
-  -0.02. So each probe shape is put in its regime by its own features, and each regime's scale
-  is the median of its shapes' ratios: ``time_scale`` (block-path steps and the host time),
-  ``time_scale_dense_decode`` and ``time_scale_prefill``. A regime without probe shapes (no block
-  rows in the profile) takes ``time_scale``, which is then the median over every decode shape.
+* **Three regimes** (:func:`kvlab.executor.cost_calibrated.regime`): steps whose matmuls read
+  the GGUF blocks (at most ``block_rows`` tokens: dequantisation compute), decode-only steps on
+  the dense fp32 weights (streaming them from DRAM) and dense steps with a prompt chunk (large
+  GEMMs). Sometimes the machine's drift moves them together and sometimes one alone: in one
+  5-minute trace (2 threads, ``drift-paths-threads2.csv``) the 30-second medians of two block-path
+  decodes correlated at 0.93, a dense decode with them at 0.41-0.44, a prefill with either at
+  -0.16 to 0.22 (an earlier trace: 0.58-0.89 between every pair). So each probe shape is put in
+  its regime by its own features, and each regime's scale is the median of its shapes' ratios:
+  ``time_scale`` (block-path steps and the host time), ``time_scale_dense_decode`` and
+  ``time_scale_prefill``. A regime without probe shapes takes ``time_scale``, which is the median
+  over every decode shape when the profile has no block rows.
 """
 
 from __future__ import annotations
