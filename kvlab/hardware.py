@@ -51,8 +51,8 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
 # is now than the profile's model, per regime (kvlab.executor.cost_calibrated.regime): steps on the
 # GGUF block path and host times x time_scale, dense steps with a prompt chunk x time_scale_prefill,
 # dense decode-only steps x time_scale_dense_decode (null: time_scale); `--speed-probe` measures them
-_PROFILE_KEYS = ("profile", "force", "time_scale", "time_scale_prefill", "time_scale_dense_decode")
-_SCALE_KEYS = _PROFILE_KEYS[2:]
+TIME_SCALE_KEYS = ("time_scale", "time_scale_prefill", "time_scale_dense_decode")
+_PROFILE_KEYS = ("profile", "force", *TIME_SCALE_KEYS)
 _FRACTIONS = ("flop_efficiency", "bw_efficiency", "pcie_efficiency", "interconnect_efficiency")
 
 
@@ -92,6 +92,11 @@ class HardwareProfile:
     time_scale: float = 1.0  # hardware=calibrated: multiplies the profile's step and host times
     time_scale_prefill: float | None = None  # ... instead, when set: dense steps with a prompt chunk
     time_scale_dense_decode: float | None = None  # ... and dense decode-only steps
+
+    @property
+    def time_scales(self) -> dict[str, float | None]:
+        """The calibrated speed scales by their config keys (:data:`TIME_SCALE_KEYS`)."""
+        return {k: getattr(self, k) for k in TIME_SCALE_KEYS}
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> HardwareProfile:
@@ -142,7 +147,7 @@ class HardwareProfile:
         force = cfg.get("force", False)
         if not isinstance(force, bool):
             raise ValueError(f"hardware.force must be true or false, got {force!r}")
-        scales = {k: cfg.get(k) for k in _SCALE_KEYS}
+        scales = {k: cfg.get(k) for k in TIME_SCALE_KEYS}
         scales["time_scale"] = 1.0 if scales["time_scale"] is None else scales["time_scale"]
         for key, v in scales.items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):

@@ -22,13 +22,14 @@ from kvlab.calibrate.probe import probe
 from kvlab.calibrate.runs import StepRecorder, compose, run_workload
 from kvlab.calibration_profile import check_provenance, describe, load_profile
 from kvlab.executor.cost_calibrated import CalibratedCostModel
+from kvlab.hardware import TIME_SCALE_KEYS
 from kvlab.machine import busy_message, load_average
 
 METRICS = {"output_throughput": "output tok/s", "mean_ttft_ms": "mean TTFT ms", "p90_ttft_ms": "p90 TTFT ms",
            "mean_tpot_ms": "mean TPOT ms", "normalized_latency_s_per_token": "mean norm. latency s/tok",
            "mean_batched_requests": "mean batch", "num_preemptions": "preemptions"}
 RELATIVE = [m for m in METRICS if m != "num_preemptions"]
-SCALES = ("time_scale", "time_scale_prefill", "time_scale_dense_decode")  # the probe's regimes (hardware.*)
+SCALES = TIME_SCALE_KEYS  # the probe's regimes, as hardware.* keys
 
 
 def _uniform(n: int, p: tuple[int, int], o: tuple[int, int], seed: int) -> list[str]:
@@ -128,20 +129,20 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
             rec = StepRecorder(executor, block_rows)
             real_run = run_workload(compose(real_ov + ov + [rate]), rec)
             runs.append(real_run["metrics"])
-            scale = (1.0, 1.0, 1.0)
+            scale = dict.fromkeys(SCALES, 1.0)
             if speed_probe:
                 probes.append(probe(executor, prof))
-                scale = tuple((probes[-2][k] + probes[-1][k]) / 2 for k in SCALES)
+                scale = {k: (probes[-2][k] + probes[-1][k]) / 2 for k in SCALES}
             if not sims or speed_probe:  # without the probe every repeat's prediction is the same run
-                sim_cfg = compose(sim_ov + ov + [rate] + [f"hardware.{k}={v:.4f}" for k, v in zip(SCALES, scale)])
+                sim_cfg = compose(sim_ov + ov + [rate] + [f"hardware.{k}={v:.4f}" for k, v in scale.items()])
                 sims.append(run_workload(sim_cfg)["metrics"])
             scales.append(scale)
-            diags.append(step_diagnostics(CalibratedCostModel.from_profile(prof, *scale), rec.steps,
+            diags.append(step_diagnostics(CalibratedCostModel.from_profile(prof, scale), rec.steps,
                                           real_run["engine"].step_records))
         real, spread = aggregate_real(runs)
         sim, _ = aggregate_real(sims)
         diag = {k: float(pd.Series([d[k] for d in diags]).median()) for k in diags[0]}
-        med = {k: float(pd.Series([s[i] for s in scales]).median()) for i, k in enumerate(SCALES)}
+        med = {k: float(pd.Series([s[k] for s in scales]).median()) for k in SCALES}
         rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim), **diag,
                      **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats, **med,
                      **({f"{k}_{e}": f(p[k] for p in probes) for k in SCALES for e, f in (("min", min), ("max", max))}

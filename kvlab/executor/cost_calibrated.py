@@ -135,13 +135,15 @@ class CalibratedCostModel:
     dense_decode_time_scale: float | None = None
 
     @classmethod
-    def from_profile(cls, prof: Mapping[str, Any], time_scale: float = 1.0, prefill_time_scale: float | None = None,
-                     dense_decode_time_scale: float | None = None) -> CalibratedCostModel:
-        """The model of a calibration profile (``kvlab.calibration_profile.load_profile``)."""
+    def from_profile(cls, prof: Mapping[str, Any],
+                     scales: Mapping[str, float | None] | None = None) -> CalibratedCostModel:
+        """The model of a calibration profile (``kvlab.calibration_profile.load_profile``), with
+        ``scales`` keyed as the config's (``time_scale``, ``time_scale_prefill``,
+        ``time_scale_dense_decode``; missing or None: 1.0 / time_scale)."""
+        s = scales or {}
         return cls({k: float(v["value"]) for k, v in prof["coefficients"].items()},
                    {k: float(v["value"]) for k, v in prof["host_overhead"].items()}, int(prof.get("block_rows") or 0),
-                   float(time_scale), None if prefill_time_scale is None else float(prefill_time_scale),
-                   None if dense_decode_time_scale is None else float(dense_decode_time_scale))
+                   s.get("time_scale") or 1.0, s.get("time_scale_prefill"), s.get("time_scale_dense_decode"))
 
     def __post_init__(self) -> None:
         missing = [k for k in FEATURE_NAMES if k not in self.coef]
@@ -158,8 +160,9 @@ class CalibratedCostModel:
 
     def execute_time(self, features: Mapping[str, float]) -> float:
         """Seconds of ``execute()`` for a step with ``features``."""
-        scale = {"dense_chunk": self.prefill_time_scale,
-                 "dense_decode": self.dense_decode_time_scale}.get(regime(features)) or self.time_scale
+        kind = regime(features)
+        scale = (self.prefill_time_scale if kind == "dense_chunk"
+                 else self.dense_decode_time_scale if kind == "dense_decode" else None) or self.time_scale
         return scale * sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
 
     def host_time(self, num_seqs: int) -> float:

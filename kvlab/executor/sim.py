@@ -76,20 +76,17 @@ class SimExecutor:
         self.calibrated: CalibratedCostModel | None = None
         self.provenance_problems: list[str] = []
         if hw.calibration is not None:
-            self._use_profile(hw.calibration, hw.force, hw.time_scale, hw.time_scale_prefill,
-                              hw.time_scale_dense_decode)
+            self._use_profile(hw.calibration, hw.force, hw.time_scales)
         self.num_gpu_blocks = self.num_cpu_blocks = 0
 
-    def _use_profile(self, prof: dict[str, Any], force: bool, time_scale: float = 1.0,
-                     time_scale_prefill: float | None = None, time_scale_dense_decode: float | None = None) -> None:
+    def _use_profile(self, prof: dict[str, Any], force: bool, scales: dict[str, float | None]) -> None:
         """``hardware=calibrated``: refuse a profile of another machine/model/dtype (unless
         ``force``), predict steps with its fitted model, and size KV as the profiled executor did."""
         from kvlab.calibration_profile import check_provenance
 
         self.provenance_problems = check_provenance(prof, model=self.shape.name,
                                                     dtype_bytes=self.shape.dtype_bytes, force=force)
-        self.calibrated = CalibratedCostModel.from_profile(prof, time_scale, time_scale_prefill,
-                                                           time_scale_dense_decode)
+        self.calibrated = CalibratedCostModel.from_profile(prof, scales)
         if prof.get("kv_budget_bytes"):
             self._budget_bytes = int(prof["kv_budget_bytes"])
 
