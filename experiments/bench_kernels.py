@@ -112,6 +112,7 @@ def bench_case(pool: Pool, batch: int, ctx: int, heads: int, scale: float, measu
                with_ref: bool) -> dict:
     """Time the Triton kernel and baselines at one (batch, context, block size)."""
     import torch.nn.functional as F
+
     from kvlab.kernels.decode_attention import decode_attention, decode_attention_ref
 
     kvh, d = pool.k.shape[2], pool.k.shape[3]

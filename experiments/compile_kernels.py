@@ -23,9 +23,10 @@ from pathlib import Path
 os.environ.pop("TRITON_INTERPRET", None)  # compile for real: must precede importing the kernels
 
 import triton  # noqa: E402
-from kvlab.kernels import copy_blocks_triton, decode_attention, prefill_attention, write_kv_triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+
+from kvlab.kernels import copy_blocks_triton, decode_attention, prefill_attention, write_kv_triton  # noqa: E402
 
 PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
 # the quantized-cache arguments (kvlab.kernels.quant.fused): unquantized variants pass QUANT=0

@@ -96,7 +96,6 @@ def label_native_ops() -> None:
     """Make the C ops (kvlab.kernels.cpu_ops, called through ctypes: invisible to the profiler)
     show up as ``kvlab::paged_decode`` and ``kvlab::qgemm`` in this script's profiles."""
     from kvlab.kernels import cpu_backend, cpu_ops
-
     from kvlab.models import block_linear
 
     def label(name: str, op):

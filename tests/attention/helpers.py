@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from kvlab.kernels import KVCache, KVSpec, get_backend
 
 KV_HEADS, HEAD_DIM = 2, 16

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 import torch
-from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 
+from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 from tests.attention.helpers import run_backend
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kvlab.kernels import BlockMetadata, KVCache, KVSpec, cpu_ops, get_backend
 from kvlab.kernels.cpu_backend import CpuAttentionMetadata, CpuBackend
-
 from tests.attention.helpers import run_backend
 
 CPU = torch.device("cpu")

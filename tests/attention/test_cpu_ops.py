@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from kvlab.kernels import cpu_ops
 
 needs_ops = pytest.mark.skipif(cpu_ops.load() is None, reason=f"kvlab CPU ops: {cpu_ops.status()}")

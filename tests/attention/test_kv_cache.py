@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kvlab.kernels import BlockMetadata, KVCache, KVSpec
 
+from kvlab.kernels import BlockMetadata, KVCache, KVSpec
 from kvlab.models.shapes import ModelShape
 
 SPEC = KVSpec(num_layers=3, num_kv_heads=2, head_dim=8, block_size=4, dtype=torch.float32)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kvlab.kernels.cache_ops import write_kv
 
+from kvlab.kernels.cache_ops import write_kv
 from tests.kernels.paged_cases import DEVICE, randn
 
 wk = pytest.importorskip("kvlab.kernels.write_kv_triton")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kvlab.kernels import build_metadata
 
+from kvlab.kernels import build_metadata
 from tests.models.helpers import hf_logits, shuffled_table
 
 ATOL = 1e-3

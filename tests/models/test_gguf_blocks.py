@@ -9,8 +9,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvlab.kernels import cpu_ops
 
+from kvlab.kernels import cpu_ops
 from kvlab.models.gguf_blocks import BYTES_PER_BLOCK, BlockWeight, dequantize, load_gguf_blocks
 from kvlab.models.loader import gguf_path, load_model
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from kvlab.kernels import KVCache, KVSpec, build_metadata
 
+from kvlab.kernels import KVCache, KVSpec, build_metadata
 from kvlab.models import linear as lin
 from kvlab.models.linear import PackedLinear, TiledUpcastLinear, make_linear, packed_gemm_available, prepare_weight
 from kvlab.models.llama import LlamaModel

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from kvlab.kernels import build_metadata
 
 from kvlab.executor.torch_runner import TorchExecutor
+from kvlab.kernels import build_metadata
 from kvlab.models.config import resolve_model
 from kvlab.models.loader import checkpoint_dir, load_model
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from kvlab.kernels import KVCache
 from kvlab.kernels.quant import make_spec
 from kvlab.kernels.torch_backend import TorchBackend

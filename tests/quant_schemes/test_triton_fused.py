@@ -13,8 +13,8 @@ import os
 
 import pytest
 import torch
-from kvlab.kernels.torch_backend import TorchBackend
 
+from kvlab.kernels.torch_backend import TorchBackend
 from tests.quant_schemes.helpers import QUANTIZED, cache_for
 
 TRITON_OK = os.environ.get("TRITON_INTERPRET") == "1" or torch.cuda.is_available()

@@ -9,6 +9,7 @@ scale 0 and decodes exactly.
 from __future__ import annotations
 
 import torch
+
 from kvlab.kernels.kv_cache import BlockMetadata
 from kvlab.kernels.quant import register_scheme
 from kvlab.kernels.quant.base import TokenwiseScheme

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
 from kvlab.kernels.backend import SeqSpan
 from kvlab.kernels.copy_blocks_triton import copy_blocks_triton
 from kvlab.kernels.decode_attention import decode_attention

@@ -7,6 +7,7 @@ Round trip: ``|x - x'| <= scale / 2 = absmax / 254`` per (token, head); an all-z
 from __future__ import annotations
 
 import torch
+
 from kvlab.kernels.kv_cache import BlockMetadata
 from kvlab.kernels.quant import register_scheme
 from kvlab.kernels.quant.base import TokenwiseScheme

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
 from kvlab.kernels.kv_cache import LayerKV
 
 MODES = {"fp8_e4m3": 1, "fp8_e5m2": 2, "int8": 3, "int4": 4}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from kvlab.kernels.paged_tile import attend_tile, load_kv_tile_q
 from kvlab.kernels.quant.fused import FusedQuant
 from kvlab.kernels.triton_utils import check, check_quant_caches, check_tensor, dot_mode, next_pow2

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
 from kvlab.kernels.backend import SeqSpan
 from kvlab.kernels.cache_ops import write_kv
 from kvlab.kernels.kv_cache import LayerKV

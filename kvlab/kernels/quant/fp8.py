@@ -12,6 +12,7 @@ absolute error <= half the smallest subnormal (x scale) near zero; zeros exact.
 from __future__ import annotations
 
 import torch
+
 from kvlab.kernels.quant import register_scheme
 from kvlab.kernels.quant.base import TokenwiseScheme
 

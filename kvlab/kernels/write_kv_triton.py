@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from kvlab.kernels.quant.fused import FusedQuant
 from kvlab.kernels.triton_utils import check, check_tensor, next_pow2
 

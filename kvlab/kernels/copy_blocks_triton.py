@@ -14,6 +14,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+
 from kvlab.kernels.triton_utils import check, check_tensor
 
 _ANY_DTYPE = (torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.uint8, torch.float64, torch.int32)

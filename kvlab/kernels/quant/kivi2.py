@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from kvlab.kernels.kv_cache import BlockMetadata, LayerKV
 from kvlab.kernels.quant import register_scheme
 from kvlab.kernels.quant.base import QuantScheme

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+
 from kvlab.kernels.kv_cache import LayerKV
 
 SeqSpan = tuple[int, int, Sequence[int]]  # (start_pos, num_new_tokens, block_table)

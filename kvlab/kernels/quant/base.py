@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+
 from kvlab.kernels.kv_cache import BlockMetadata, KVSpec, LayerKV
 
 

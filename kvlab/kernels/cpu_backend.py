@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
+
 from kvlab.kernels import cpu_ops
 from kvlab.kernels.backend import SeqSpan
 from kvlab.kernels.kv_cache import LayerKV

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
 from kvlab.kernels.metadata import AttentionMetadata
 
 # read(blocks [..., n] long, half 0=K|1=V) -> [..., n * block_size, kv_heads, head_dim] (a quantized

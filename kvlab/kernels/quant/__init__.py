@@ -19,9 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from kvlab.kernels.kv_cache import KVSpec
 from kvlab.kernels.quant.base import QuantScheme
-
 from kvlab.kv_quant_format import KVQuantConfig
 
 _SCHEMES: dict[str, type[QuantScheme]] = {}
