@@ -70,7 +70,7 @@ def _spread(lo: int, hi: int, k: int) -> tuple[int, ...]:
 
 
 def design(quick: bool = False) -> list[GridPoint]:
-    """The grid: ~35 shapes in full, ~13 in ``quick`` (sized for 2 CPU cores and SmolLM2)."""
+    """The grid: ~39 shapes in full, ~13 in ``quick`` (sized for 2 CPU cores and SmolLM2)."""
     pts: list[GridPoint] = []
     counts, ctxs = ((1, 8, 24), (32, 384)) if quick else ((1, 4, 12, 24), (32, 256, 640))
     for nd in counts:
@@ -102,6 +102,15 @@ def design(quick: bool = False) -> list[GridPoint]:
         GridPoint("prefill4x480", chunks=((480, 0, True),) * 4),
         GridPoint("mixed12x300+prefill3x256", (300,) * 12, ((256, 0, True),) * 3),
         GridPoint("decode2x96", (96, 96)),
+        # 2-3 rows: light load on a machine whose block path stops at 4 rows (the 1-row -> multi-row
+        # jump of the block kernel, cost_calibrated's block_multirow, needs more than one such point)
+        GridPoint("decode3x160", (160,) * 3),
+        GridPoint("decode2x480", (480, 480)),
+        # more rows than any block path takes (24 is the grid's largest otherwise): with block_rows=16
+        # only 24-row steps had the dense lm head, and no dense decode skipped sampling, so the dense
+        # head's fixed cost, its per-row cost and the per-decode cost were one inseparable sum
+        GridPoint("decode32x64-nosample", (64,) * 32, decode_samples=False),
+        GridPoint("decode48x64", (64,) * 48),
         GridPoint("decode-uneven6", _spread(40, 600, 6)),
         GridPoint("mixed3x150+prefill64", (100, 150, 220), ((64, 0, True),)),
     ]

@@ -9,7 +9,7 @@ at that shape. It reads the machine, never the workload being predicted.
 Two choices, both measured on the developer's VM (docs/simulator.md, "Three regimes"):
 
 * **Against the model, not the profile's stored medians.** A stored median of 4 repeats carries
-  that point's noise (IQR 10-20% of it); the model is fitted on ~35 points and two real runs, so
+  that point's noise (IQR 10-20% of it); the model is fitted on ~39 points and two real runs, so
   "now / model" is what the simulator must be multiplied by to match the machine now, and it also
   absorbs the model's own average bias over the probe's shapes.
 * **Three regimes** (:func:`kvlab.executor.cost_calibrated.regime`): steps whose matmuls read

@@ -9,7 +9,10 @@ executor on a CPU) from the work the step contains. Functional form, one term pe
               + c_chunk       x chunks         per multi-token chunk (one gather + one SDPA call per layer each)
               + c_token       x tokens         per batched token: the dense layers (2 x matmul params FLOPs)
               (step/tokens split by matmul path: ``block_step``/``block_tokens`` for a step of at most
-               ``block_rows`` tokens, whose layer matmuls read the GGUF blocks, kvlab.models.block_linear)
+               ``block_rows`` tokens, whose layer matmuls read the GGUF blocks, kvlab.models.block_linear;
+               ``block_multirow`` for such a step of 2+ tokens: the block kernel has a 1-row path with
+               four independent FMA chains and a multi-row path with one chain per row, so 1 -> 2 rows
+               costs far more than 2 -> 3: 22.7 / 32.5 / 34.6 ms at 1 / 2 / 4 rows on the 2026-12-06 VM)
               + c_decode_kv   x decode_kv      per KV token the decode group attends (sum of its contexts)
               + c_decode_pad  x decode_pad     per padding slot when decodes are padded to the longest context
               + c_chunk_kv    x chunk_kv       per KV token a chunk gathers (its whole context)
@@ -54,6 +57,7 @@ FEATURES: tuple[tuple[str, str, str], ...] = (
     ("logit_rows", "row", "per sampled row: lm head GEMV over the vocabulary and the sampler"),
     ("block_step", "step", "fixed per forward whose layer matmuls read the GGUF blocks (<= block_rows tokens)"),
     ("block_tokens", "token", "per batched token of such a step (block matmuls, norms, rope)"),
+    ("block_multirow", "step", "per such step of 2+ tokens: the block kernel's multi-row path, not its 1-row one"),
     ("block_head", "step", "per step whose <= block_rows sampled rows use the lm head's GGUF blocks"),
     ("block_logit_rows", "row", "per sampled row on the lm head's GGUF blocks, and the sampler"),
 )
@@ -94,6 +98,7 @@ def step_features(seqs: Sequence[ScheduledSeq], block_rows: int = 0) -> dict[str
     f["decode_pad"] = f["decode_seqs"] * max_dec - sum_dec
     if 0 < f["tokens"] <= block_rows:  # every layer matmul of this step reads the blocks
         f["block_step"], f["block_tokens"], f["step"], f["tokens"] = 1.0, f["tokens"], 0.0, 0.0
+        f["block_multirow"] = 1.0 if f["block_tokens"] >= 2 else 0.0
     rows = f["logit_rows"]
     if 0 < rows <= block_rows:
         f["block_head"], f["block_logit_rows"], f["logit_rows"] = 1.0, rows, 0.0

@@ -16,7 +16,8 @@ TRUE = {"step": 20e-3, "decode_seqs": 0.3e-3, "chunks": 2e-3, "tokens": 1.5e-3, 
         "decode_pad": 3e-6, "chunk_kv": 2e-6, "causal_pairs": 0.5e-6, "masked_pairs": 1e-6, "head": 4e-3,
         "logit_rows": 1e-3}
 # ... and one whose small steps read GGUF blocks (kvlab.models.block_linear): cheaper fixed cost
-BLOCK_TRUE = {**TRUE, "block_step": 8e-3, "block_tokens": 2.5e-3, "block_head": 1e-3, "block_logit_rows": 0.4e-3}
+BLOCK_TRUE = {**TRUE, "block_step": 8e-3, "block_tokens": 2.5e-3, "block_multirow": 6e-3, "block_head": 1e-3,
+              "block_logit_rows": 0.4e-3}
 
 
 class NoisyExecutor:
@@ -92,12 +93,17 @@ def test_block_path_features_split_by_rows() -> None:
     sp = SamplingParams(max_tokens=4)
     decodes = [ScheduledSeq(i, str(i), [1], 20, [i], 1, sp) for i in range(4)]
     f = step_features(decodes, block_rows=4)
-    assert (f["block_step"], f["block_tokens"], f["block_head"], f["block_logit_rows"]) == (1, 4, 1, 4)
+    assert (f["block_step"], f["block_tokens"], f["block_multirow"], f["block_head"], f["block_logit_rows"]) == (
+        1, 4, 1, 1, 4)
     assert f["step"] == f["tokens"] == f["head"] == f["logit_rows"] == 0
+    # a lone decode takes the block kernel's 1-row path: no multi-row term
+    f = step_features(decodes[:1], block_rows=4)
+    assert (f["block_step"], f["block_tokens"], f["block_multirow"]) == (1, 1, 0)
     f = step_features([*decodes, ScheduledSeq(9, "p", [1] * 30, 0, [9, 10], 1, sp)], block_rows=8)
     assert (f["step"], f["tokens"], f["block_head"], f["block_logit_rows"]) == (1, 34, 1, 5)  # head on blocks
     f = step_features(decodes, block_rows=0)
-    assert (f["step"], f["tokens"], f["head"], f["logit_rows"], f["block_step"]) == (1, 4, 1, 4, 0)
+    assert (f["step"], f["tokens"], f["head"], f["logit_rows"], f["block_step"], f["block_multirow"]) == (
+        1, 4, 1, 4, 0, 0)
 
 
 def test_host_overhead_fit_is_robust_to_spikes() -> None:
