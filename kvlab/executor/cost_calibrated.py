@@ -12,7 +12,7 @@ executor on a CPU) from the work the step contains. Functional form, one term pe
                ``block_rows`` tokens, whose layer matmuls read the GGUF blocks, kvlab.models.block_linear;
                ``block_multirow`` for such a step of 2+ tokens: the block kernel has a 1-row path with
                four independent FMA chains and a multi-row path with one chain per row, so 1 -> 2 rows
-               costs far more than 2 -> 3: 22.7 / 32.5 / 34.6 ms at 1 / 2 / 4 rows on the 2026-12-06 VM)
+               costs far more than 2 -> 4: 22.7 / 32.5 / 34.6 ms at 1 / 2 / 4 rows on the 2026-12-06 VM)
               + c_decode_kv   x decode_kv      per KV token the decode group attends (sum of its contexts)
               + c_decode_pad  x decode_pad     per padding slot when decodes are padded to the longest context
               + c_chunk_kv    x chunk_kv       per KV token a chunk gathers (its whole context)
