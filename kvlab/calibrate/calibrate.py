@@ -2,9 +2,10 @@
 
 Steps: (1) record the machine and its load average (warn when busy); (2) load the model on the
 real executor (CPU, or CUDA when ``--device cuda``); (3) time the designed grid
-(:mod:`kvlab.calibrate.grid`) with warm-up and repeats and fit the step-time model by NNLS on
-relative error (:mod:`kvlab.calibrate.fit`); (4) measure the engine's host overhead on a short
-calibration workload (:mod:`kvlab.calibrate.overhead`); (5) write the profile
+(:mod:`kvlab.calibrate.grid`) with warm-up and repeats, half of the repeats before and half after
+(4) two real calibration runs: the engine's host overhead on the offline one
+(:mod:`kvlab.calibrate.overhead`), and every real step of both, which joins the grid in (5) the
+step-time fit by NNLS on relative error (:mod:`kvlab.calibrate.fit`); (6) write the profile
 (:mod:`kvlab.calibration_profile`).
 """
 
@@ -20,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from kvlab.calibrate.fit import FitResult, fit_relative
-from kvlab.calibrate.grid import design, measure
+from kvlab.calibrate.grid import design, measure_around
 from kvlab.calibrate.overhead import measure_host, record_arrival_steps
 from kvlab.calibrate.runs import CONF_DIR, block_rows_of, compose
 from kvlab.calibration_profile import write_profile
@@ -32,10 +33,12 @@ DEFAULT_DIR = REPO / "results" / "calibration"
 FORM = ("t_step = c_step + c_decode_seq*decode_seqs + c_chunk*chunks + c_token*tokens + c_decode_kv*decode_kv "
         "+ c_decode_pad*decode_pad + c_chunk_kv*chunk_kv + c_causal_pair*causal_pairs "
         "+ c_masked_pair*masked_pairs + c_head*head + c_logit_row*logit_rows "
-        "+ [c_block_step*block_step + c_block_token*block_tokens + c_block_head*block_head "
+        "+ [c_block_step*block_step + c_block_token*block_tokens + c_block_multirow*block_multirow "
+        "+ c_block_head*block_head "
         "+ c_block_logit_row*block_logit_rows: steps/rows <= block_rows on GGUF blocks] "
         "+ h_step + h_seq*seqs  (seconds; kvlab/executor/cost_calibrated.py)")
-METHOD = ("per grid point: median of repeats after warm-up, shuffled order per pass; plus every real step of two "
+METHOD = ("per grid point: median of repeats after warm-up, shuffled order per pass, half of the repeats before "
+          "and half after the real calibration runs; plus every real step of two "
           "calibration runs (offline seed 9001; arrivals at 1 req/s seed 9002), weighted so grid and real steps "
           "count equally; fit: non-negative least "
           "squares on relative error (rows scaled by 1/measured, Lawson-Hanson); host overhead: medians of "
@@ -110,15 +113,21 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
         log(f"matmuls of <= {block_rows} rows read the GGUF blocks (executor.weight_blocks): block terms fitted")
     points = design(quick)
     reps = repeats or (2 if quick else 4)
-    with tqdm(total=len(points) * (1 + reps), desc="grid steps", unit="step", dynamic_ncols=True) as bar:
-        measured = measure(executor, points, reps, warmup=1,
-                           progress=lambda d, n, name: (bar.update(1), bar.set_postfix_str(name, refresh=False)))
-    log("measuring the engine's host overhead on the calibration workload ...")
-    host = measure_host(executor, ov, host_requests or (8 if quick else 16), block_rows)
-    log(f"host overhead: {1e3 * host['fit']['step']:.2f} ms/step + {1e6 * host['fit']['seqs']:.0f} us/seq "
-        f"({host['num_steps']} steps)")
-    log("recording real steps of the arrivals calibration workload ...")
-    arrivals = record_arrival_steps(executor, ov, 8 if quick else 24, block_rows)
+
+    def real_runs() -> tuple[dict[str, Any], dict[str, Any]]:
+        bar.clear()
+        log("measuring the engine's host overhead on the calibration workload ...")
+        host = measure_host(executor, ov, host_requests or (8 if quick else 16), block_rows)
+        log(f"host overhead: {1e3 * host['fit']['step']:.2f} ms/step + {1e6 * host['fit']['seqs']:.0f} us/seq "
+            f"({host['num_steps']} steps)")
+        log("recording real steps of the arrivals calibration workload ...")
+        return host, record_arrival_steps(executor, ov, 8 if quick else 24, block_rows)
+
+    # half of the grid's repeats before the real calibration runs, half after (grid.measure_around)
+    with tqdm(total=len(points) * (reps + min(reps, 2)), desc="grid steps", unit="step", dynamic_ncols=True) as bar:
+        measured, (host, arrivals) = measure_around(
+            executor, points, reps, real_runs, warmup=1,
+            progress=lambda d, n, name: (bar.update(d - bar.n), bar.set_postfix_str(name, refresh=False)))
     real = host.pop("steps") + arrivals["steps"]
     real = [(f, d) for f, d in real if d > 0 and (f["step"] + f["block_step"]) > 0]
     # grid medians and real steps carry equal total weight in the fit

@@ -12,6 +12,15 @@ Measurement: one untimed warm-up pass over every point, then ``repeats`` passes,
 points in a fresh random order (so a burst of load from other processes spreads over many points
 instead of biasing one), and the **median** of each point's repeats is what the fit sees. The
 spread (IQR / median) is kept per point for the profile.
+
+Bracketing (:func:`measure_around`): the fit also takes every step of two real calibration runs,
+and a shared VM's speed drifts by several percent within minutes. Grid passes all taken before the
+real runs put the grid and the real steps at different speeds, and because the real steps are
+nearly all small decodes the fit then bends the model between small and large steps (on the
+2026-12-06 VM: a second grid pass 2 minutes later read 4.4% faster, and the profile fitted that
+way under-predicted 2-4-row dense decodes by 5-10%). So half of the repeats run before the real
+runs and half after, and each point's median pools both halves: on average the grid is read at
+the real steps' speed.
 """
 
 from __future__ import annotations
@@ -19,12 +28,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from kvlab.executor.base import ScheduledSeq, StepInput
 from kvlab.executor.cost_calibrated import step_features
 from kvlab.request import SamplingParams
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -164,3 +176,26 @@ def measure(executor: object, points: list[GridPoint], repeats: int, *, warmup: 
                 if progress is not None:
                     progress(done, total, p.name)
     return [out[p.name] for p in points]
+
+
+def measure_around(executor: object, points: list[GridPoint], repeats: int, during: Callable[[], T], *,
+                   warmup: int = 1, progress: Callable[[int, int, str], None] | None = None
+                   ) -> tuple[list[Measured], T]:
+    """:func:`measure` with ``during()`` run between two halves of the repeats (module docstring:
+    bracketing); each point pools both halves' times. The first half takes the odd repeat, each
+    half its own warm-up pass. Returns (the pooled measurements, ``during()``'s result)."""
+    first, second = repeats - repeats // 2, repeats // 2
+    total = len(points) * (2 * warmup + repeats) if second else len(points) * (warmup + repeats)
+    offset = 0
+
+    def prog(done: int, _n: int, name: str) -> None:
+        if progress is not None:
+            progress(offset + done, total, name)
+
+    before = measure(executor, points, first, warmup=warmup, seed=0, progress=prog)
+    offset = len(points) * (warmup + first)
+    result = during()
+    if not second:
+        return before, result
+    after = measure(executor, points, second, warmup=warmup, seed=1, progress=prog)
+    return [Measured(a.point, a.times + b.times) for a, b in zip(before, after)], result

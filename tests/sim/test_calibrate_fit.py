@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -138,3 +140,46 @@ def test_step_features_count_the_work_of_a_mixed_step() -> None:
         assert len(set(tables)) == len(tables) == p.blocks_needed()
     big = next(p for p in design(quick=False) if p.name == "decode-uneven16").step(sp).seqs[0].block_table
     assert big != list(range(big[0], big[0] + len(big)))
+
+
+class DriftingExecutor(NoisyExecutor):
+    """A noiseless machine whose speed drifts: the n-th step takes (1 + slope x n) x the true time."""
+
+    def __init__(self, slope: float) -> None:
+        super().__init__(TRUE, sigma=0.0, spike_p=0.0)
+        self.slope, self.calls = slope, 0
+
+    def execute(self, step: StepInput) -> StepOutput:
+        self.calls += 1
+        out = super().execute(step)
+        return StepOutput({}, out.duration_s * (1 + self.slope * self.calls))
+
+
+@pytest.mark.parametrize("slope", [1e-3, -1e-3])
+def test_grid_measured_around_the_real_runs_reads_their_speed(slope: float) -> None:
+    """The grid's repeats bracket what runs between them (the real calibration runs), so a
+    machine that drifts steadily is read at the speed it had during them; a grid measured only
+    before them is off by the drift."""
+    from kvlab.calibrate.grid import measure_around
+
+    points = [p for p in design(quick=True) if p.block_size == 16]
+    ex = DriftingExecutor(slope)
+
+    def real_runs_on(ex: DriftingExecutor) -> Callable[[], float]:
+        def run() -> float:  # as many steps as two grid passes, at the drifting speed
+            start = ex.calls
+            ex.calls += 2 * len(points)
+            return 1 + slope * (start + ex.calls) / 2
+        return run
+
+    measured, speed_during = measure_around(ex, points, 4, real_runs_on(ex), warmup=1)
+    assert all(len(m.times) == 4 for m in measured)
+    true = {p.name: CalibratedCostModel(dict.fromkeys(FEATURE_NAMES, 0.0) | TRUE, {}).execute_time(
+        p.features(0)) for p in points}
+    ratios = [m.median / true[m.point.name] for m in measured]
+    assert np.median(ratios) == pytest.approx(speed_during, rel=0.01)
+    # the same grid, all before the real runs
+    ex2 = DriftingExecutor(slope)
+    before_only = [m.median / true[m.point.name] for m in measure(ex2, points, 4, warmup=1)]
+    speed_during2 = real_runs_on(ex2)()
+    assert abs(np.median(before_only) - speed_during2) > 3 * abs(np.median(ratios) - speed_during)
