@@ -50,8 +50,9 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
 # hardware=calibrated: the profile file, skip its provenance check, and how much slower the machine
 # is now than the profile's model, per regime (kvlab.executor.cost_calibrated.regime): steps on the
 # GGUF block path and host times x time_scale, dense steps with a prompt chunk x time_scale_prefill,
-# dense decode-only steps x time_scale_dense_decode (null: time_scale); `--speed-probe` measures them
-TIME_SCALE_KEYS = ("time_scale", "time_scale_prefill", "time_scale_dense_decode")
+# dense decode-only steps x time_scale_dense_decode (null: time_scale), times (rows / ref)^slope over
+# the probe's row range (time_scale_dense_decode_slope, 0 = flat); `--speed-probe` measures them
+TIME_SCALE_KEYS = ("time_scale", "time_scale_prefill", "time_scale_dense_decode", "time_scale_dense_decode_slope")
 _PROFILE_KEYS = ("profile", "force", *TIME_SCALE_KEYS)
 _FRACTIONS = ("flop_efficiency", "bw_efficiency", "pcie_efficiency", "interconnect_efficiency")
 
@@ -91,7 +92,8 @@ class HardwareProfile:
     force: bool = False
     time_scale: float = 1.0  # hardware=calibrated: multiplies the profile's step and host times
     time_scale_prefill: float | None = None  # ... instead, when set: dense steps with a prompt chunk
-    time_scale_dense_decode: float | None = None  # ... and dense decode-only steps
+    time_scale_dense_decode: float | None = None  # ... and dense decode-only steps (at the reference rows)
+    time_scale_dense_decode_slope: float | None = None  # d ln(scale) / d ln(rows) of dense decodes (None: 0)
 
     @property
     def time_scales(self) -> dict[str, float | None]:
@@ -150,6 +152,10 @@ class HardwareProfile:
         scales = {k: cfg.get(k) for k in TIME_SCALE_KEYS}
         scales["time_scale"] = 1.0 if scales["time_scale"] is None else scales["time_scale"]
         for key, v in scales.items():
+            if key == "time_scale_dense_decode_slope":
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= 1):
+                    raise ValueError(f"hardware.{key} must be a number in [-1, 1] (0 or null = flat), got {v!r}")
+                continue
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
                 raise ValueError(f"hardware.{key} must be a number > 0 (1.0 = as profiled"
                                  + (", null = time_scale" if key != "time_scale" else "") + f"), got {v!r}")

@@ -23,16 +23,25 @@ Two choices, both measured on the developer's VM (docs/simulator.md, "Three regi
   ``time_scale`` (block-path steps and the host time), ``time_scale_dense_decode`` and
   ``time_scale_prefill``. A regime without probe shapes takes ``time_scale``, which is the median
   over every decode shape when the profile has no block rows.
+* **Dense decodes by batch size.** A profile's error is not flat over the batch: the 2026-12-06
+  profile under-predicted 2-4-row dense decodes by 5-10% and not 12-24-row ones, and five probes
+  in a row read its ratio falling with the rows (log-log slopes -0.03 to -0.08: 2 rows 6-17%
+  above 24). One median then under-predicts runs of small batches (0.5x saturation: -5 to -10%
+  TPOT in every validation) and over-predicts large ones (2x: +5 to +12%). So the dense-decode
+  scale is a line in log rows through the median ratio of each row count
+  (``time_scale_dense_decode`` at ``SLOPE_REF_ROWS``, ``time_scale_dense_decode_slope``),
+  clamped to the probe's 2-24 rows.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from typing import Any
 
 from kvlab.calibrate.grid import design, measure
-from kvlab.executor.cost_calibrated import CalibratedCostModel, regime
+from kvlab.executor.cost_calibrated import SLOPE_REF_ROWS, SLOPE_ROWS, CalibratedCostModel, regime
 
 # Decode groups of the sizes and contexts held-out runs spend their steps in (lone to 24
 # sequences, uniform and uneven contexts: block-path and dense decodes), timed six times each: one
@@ -56,6 +65,7 @@ def probe(executor: Any, prof: Mapping[str, Any], decode_repeats: int = 6, prefi
     grid = {p.name: p for p in design(quick=False) if p.block_size == 16}
     ratios: dict[str, float] = {}
     by_regime: dict[str, list[float]] = {}
+    dense_rows: dict[float, list[float]] = {}
     for names, repeats in ((DECODE_POINTS, decode_repeats), (PREFILL_POINTS, prefill_repeats)):
         for m in measure(executor, [grid[n] for n in names], repeats, warmup=1):
             feats = m.point.features(model.block_rows)
@@ -64,7 +74,30 @@ def probe(executor: Any, prof: Mapping[str, Any], decode_repeats: int = 6, prefi
                 raise ValueError(f"speed probe: the profile's model predicts {predicted} s for {m.point.name}")
             ratios[m.point.name] = m.median / predicted
             by_regime.setdefault(regime(feats), []).append(ratios[m.point.name])
+            if regime(feats) == "dense_decode":
+                dense_rows.setdefault(feats["decode_seqs"], []).append(ratios[m.point.name])
     base = statistics.median(by_regime.get("block") or [ratios[n] for n in DECODE_POINTS])
+    dense, slope = rows_trend(dense_rows)
     return {"time_scale": base,
-            "time_scale_dense_decode": statistics.median(by_regime.get("dense_decode") or [base]),
+            "time_scale_dense_decode": dense or statistics.median(by_regime.get("dense_decode") or [base]),
+            "time_scale_dense_decode_slope": slope,
             "time_scale_prefill": statistics.median(by_regime.get("dense_chunk") or [base]), "points": ratios}
+
+
+def rows_trend(by_rows: Mapping[float, list[float]]) -> tuple[float | None, float]:
+    """(scale at ``SLOPE_REF_ROWS``, slope) of ``ln ratio = ln scale + slope x ln(rows / ref)``,
+    least squares through the median ratio of each row count (a noisy shape moves its group's
+    median, not the line); (None, 0.0) with fewer than three row counts, where a slope would be
+    noise. Rows are clamped to ``SLOPE_ROWS``. Pure."""
+    groups: dict[float, list[float]] = {}
+    for rows, rs in by_rows.items():
+        r = min(max(rows, SLOPE_ROWS[0]), SLOPE_ROWS[1])
+        groups.setdefault(r, []).extend(rs)
+    if len(groups) < 3:
+        return None, 0.0
+    x = [math.log(r / SLOPE_REF_ROWS) for r in groups]
+    y = [math.log(statistics.median(v)) for v in groups.values()]
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    slope = max(-1.0, min(1.0, slope))
+    return math.exp(my - slope * mx), slope

@@ -129,7 +129,7 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
             rec = StepRecorder(executor, block_rows)
             real_run = run_workload(compose(real_ov + ov + [rate]), rec)
             runs.append(real_run["metrics"])
-            scale = dict.fromkeys(SCALES, 1.0)
+            scale = dict.fromkeys(SCALES, 1.0) | {"time_scale_dense_decode_slope": 0.0}
             if speed_probe:
                 probes.append(probe(executor, prof))
                 scale = {k: (probes[-2][k] + probes[-1][k]) / 2 for k in SCALES}
@@ -148,7 +148,8 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
                      **({f"{k}_{e}": f(p[k] for p in probes) for k in SCALES for e, f in (("min", min), ("max", max))}
                         if speed_probe else {})})
         log(f"  {name}: " + (f"time_scale {med['time_scale']:.3f} block / {med['time_scale_dense_decode']:.3f} "
-                             f"dense decode / {med['time_scale_prefill']:.3f} prefill, " if speed_probe else "")
+                             f"dense decode (slope {med['time_scale_dense_decode_slope']:+.3f}) / "
+                             f"{med['time_scale_prefill']:.3f} prefill, " if speed_probe else "")
             + f"output tok/s real {real['output_throughput']:.1f}"
             + (f" (median of {real_repeats}, spread {spread['real_spread_output_throughput']:.1f}%)"
                if real_repeats > 1 else "") + f" sim {sim['output_throughput']:.1f}")

@@ -108,6 +108,16 @@ def step_features(seqs: Sequence[ScheduledSeq], block_rows: int = 0) -> dict[str
 
 
 REGIMES = ("block", "dense_decode", "dense_chunk")
+# The decode rows over which a dense-decode scale may vary with the batch (the speed probe's dense
+# decodes span them, kvlab.calibrate.probe) and where that scale is anchored (their geometric middle).
+SLOPE_ROWS = (2.0, 24.0)
+SLOPE_REF_ROWS = (SLOPE_ROWS[0] * SLOPE_ROWS[1]) ** 0.5
+
+
+def rows_factor(rows: float, slope: float) -> float:
+    """(rows / SLOPE_REF_ROWS) ** slope, rows clamped to SLOPE_ROWS. Pure."""
+    r = min(max(float(rows), SLOPE_ROWS[0]), SLOPE_ROWS[1])
+    return float((r / SLOPE_REF_ROWS) ** slope)
 
 
 def regime(features: Mapping[str, float]) -> str:
@@ -138,6 +148,10 @@ class CalibratedCostModel:
     time_scale: float = 1.0
     prefill_time_scale: float | None = None
     dense_decode_time_scale: float | None = None
+    # Dense decodes: the scale above holds at SLOPE_REF_ROWS decode rows and goes as
+    # (rows / SLOPE_REF_ROWS) ** slope within SLOPE_ROWS (clamped outside): the probe measures how
+    # the model's error changes with the batch (docs/simulator.md, "Scale by batch size"). 0 = flat.
+    dense_decode_scale_slope: float = 0.0
 
     @classmethod
     def from_profile(cls, prof: Mapping[str, Any],
@@ -148,7 +162,8 @@ class CalibratedCostModel:
         s = scales or {}
         return cls({k: float(v["value"]) for k, v in prof["coefficients"].items()},
                    {k: float(v["value"]) for k, v in prof["host_overhead"].items()}, int(prof.get("block_rows") or 0),
-                   s.get("time_scale") or 1.0, s.get("time_scale_prefill"), s.get("time_scale_dense_decode"))
+                   s.get("time_scale") or 1.0, s.get("time_scale_prefill"), s.get("time_scale_dense_decode"),
+                   float(s.get("time_scale_dense_decode_slope") or 0.0))
 
     def __post_init__(self) -> None:
         missing = [k for k in FEATURE_NAMES if k not in self.coef]
@@ -168,6 +183,8 @@ class CalibratedCostModel:
         kind = regime(features)
         scale = (self.prefill_time_scale if kind == "dense_chunk"
                  else self.dense_decode_time_scale if kind == "dense_decode" else None) or self.time_scale
+        if kind == "dense_decode" and self.dense_decode_scale_slope:
+            scale *= rows_factor(features.get("decode_seqs", 0.0), self.dense_decode_scale_slope)
         return scale * sum(float(self.coef[k]) * features.get(k, 0.0) for k in FEATURE_NAMES)
 
     def host_time(self, num_seqs: int) -> float:

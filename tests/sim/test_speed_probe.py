@@ -88,3 +88,54 @@ def test_each_regime_takes_its_own_scale() -> None:
 def test_hardware_time_scales_must_be_positive_numbers(key: str, bad: object) -> None:
     with pytest.raises(ValueError, match=f"hardware.{key} must be a number > 0"):
         HardwareProfile.from_config({"name": "calibrated", "profile": "unused.json", key: bad})
+
+
+def test_rows_trend_recovers_a_power_law_and_refuses_too_few_row_counts() -> None:
+    from kvlab.calibrate.probe import rows_trend
+    from kvlab.executor.cost_calibrated import SLOPE_REF_ROWS
+
+    law = {r: [0.9 * (r / SLOPE_REF_ROWS) ** -0.05] for r in (2.0, 4.0, 6.0, 12.0, 16.0, 24.0)}
+    scale, slope = rows_trend(law | {12.0: [law[12.0][0], 5.0, law[12.0][0]]})  # an outlier moves no median
+    assert scale == pytest.approx(0.9) and slope == pytest.approx(-0.05)
+    assert rows_trend({2.0: [1.1], 24.0: [0.9]}) == (None, 0.0)
+    assert rows_trend({1.0: [1.1], 2.0: [1.0], 24.0: [0.9]}) == (None, 0.0)  # 1 row counts as 2: two groups
+
+
+def test_dense_decode_scale_follows_the_batch_within_the_probed_rows() -> None:
+    from kvlab.executor.cost_calibrated import SLOPE_REF_ROWS, SLOPE_ROWS
+
+    coef, host = dict.fromkeys(FEATURE_NAMES, 0.0) | TRUE, {"step": 1e-3, "seqs": 1e-5}
+    flat = CalibratedCostModel(coef, host, dense_decode_time_scale=0.9)
+    tilted = CalibratedCostModel(coef, host, dense_decode_time_scale=0.9, dense_decode_scale_slope=-0.1)
+    dec = {n: {"step": 1.0, "tokens": n, "decode_seqs": n} for n in (1, 2, 8, 24, 48)}
+    for n, feats in dec.items():
+        rows = min(max(n, SLOPE_ROWS[0]), SLOPE_ROWS[1])
+        want = (rows / SLOPE_REF_ROWS) ** -0.1
+        assert tilted.execute_time(feats) == pytest.approx(want * flat.execute_time(feats)), n
+    assert tilted.execute_time(dec[48]) / flat.execute_time(dec[48]) == pytest.approx(
+        tilted.execute_time(dec[24]) / flat.execute_time(dec[24]))  # clamped: no extrapolation
+    chunk = {"step": 1.0, "tokens": 67.0, "chunks": 1.0}
+    assert tilted.execute_time(chunk) == flat.execute_time(chunk)  # prefill steps keep their own scale
+
+
+def test_probe_measures_a_model_error_that_grows_with_the_batch() -> None:
+    # the machine's per-row decode cost is 30% above the profile's: the ratio now/model rises with
+    # the rows, the probe's slope is positive, and the tilted model predicts both ends better than a flat one
+    now_coef = TRUE | {"tokens": 1.3 * TRUE["tokens"], "logit_rows": 1.3 * TRUE["logit_rows"]}
+    now = NoisyExecutor(now_coef, sigma=0.0, spike_p=0.0)
+    out = probe(now, _profile(TRUE))
+    assert out["time_scale_dense_decode_slope"] > 0.02
+    flat = CalibratedCostModel.from_profile(_profile(TRUE), out | {"time_scale_dense_decode_slope": 0.0})
+    tilted = CalibratedCostModel.from_profile(_profile(TRUE), out)
+    for n in (2, 24):
+        feats = {"step": 1.0, "tokens": n, "decode_seqs": n, "decode_kv": 64.0 * n, "head": 1.0, "logit_rows": n}
+        truth = now.model.execute_time(feats)
+        assert abs(tilted.execute_time(feats) - truth) < abs(flat.execute_time(feats) - truth), n
+
+
+def test_hardware_config_checks_the_slope() -> None:
+    from kvlab.calibrate.runs import compose
+    for bad in ("2.0", "true"):
+        with pytest.raises(ValueError, match="time_scale_dense_decode_slope must be a number in"):
+            HardwareProfile.from_config(compose(["hardware=calibrated", "hardware.profile=x.json",
+                                    f"hardware.time_scale_dense_decode_slope={bad}"])["hardware"])
