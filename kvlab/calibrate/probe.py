@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvlab.calibrate.grid import design, measure
-from kvlab.executor.cost_calibrated import SLOPE_REF_ROWS, SLOPE_ROWS, CalibratedCostModel, regime
+from kvlab.executor.cost_calibrated import SLOPE_REF_ROWS, CalibratedCostModel, clamp_rows, regime
 
 # Decode groups of the sizes and contexts held-out runs spend their steps in (lone to 24
 # sequences, uniform and uneven contexts: block-path and dense decodes), timed six times each: one
@@ -73,8 +73,9 @@ def probe(executor: Any, prof: Mapping[str, Any], decode_repeats: int = 6, prefi
             if not predicted > 0:
                 raise ValueError(f"speed probe: the profile's model predicts {predicted} s for {m.point.name}")
             ratios[m.point.name] = m.median / predicted
-            by_regime.setdefault(regime(feats), []).append(ratios[m.point.name])
-            if regime(feats) == "dense_decode":
+            kind = regime(feats)
+            by_regime.setdefault(kind, []).append(ratios[m.point.name])
+            if kind == "dense_decode":
                 dense_rows.setdefault(feats["decode_seqs"], []).append(ratios[m.point.name])
     base = statistics.median(by_regime.get("block") or [ratios[n] for n in DECODE_POINTS])
     dense, slope = rows_trend(dense_rows)
@@ -91,8 +92,7 @@ def rows_trend(by_rows: Mapping[float, list[float]]) -> tuple[float | None, floa
     noise. Rows are clamped to ``SLOPE_ROWS``. Pure."""
     groups: dict[float, list[float]] = {}
     for rows, rs in by_rows.items():
-        r = min(max(rows, SLOPE_ROWS[0]), SLOPE_ROWS[1])
-        groups.setdefault(r, []).extend(rs)
+        groups.setdefault(clamp_rows(rows), []).extend(rs)
     if len(groups) < 3:
         return None, 0.0
     x = [math.log(r / SLOPE_REF_ROWS) for r in groups]

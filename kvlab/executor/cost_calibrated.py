@@ -114,10 +114,14 @@ SLOPE_ROWS = (2.0, 24.0)
 SLOPE_REF_ROWS = (SLOPE_ROWS[0] * SLOPE_ROWS[1]) ** 0.5
 
 
+def clamp_rows(rows: float) -> float:
+    """``rows`` clamped to SLOPE_ROWS. Pure."""
+    return min(max(float(rows), SLOPE_ROWS[0]), SLOPE_ROWS[1])
+
+
 def rows_factor(rows: float, slope: float) -> float:
     """(rows / SLOPE_REF_ROWS) ** slope, rows clamped to SLOPE_ROWS. Pure."""
-    r = min(max(float(rows), SLOPE_ROWS[0]), SLOPE_ROWS[1])
-    return float((r / SLOPE_REF_ROWS) ** slope)
+    return float((clamp_rows(rows) / SLOPE_REF_ROWS) ** slope)
 
 
 def regime(features: Mapping[str, float]) -> str:
