@@ -102,8 +102,19 @@ def test_inproc_server_streams_snapshots_that_agree_with_health(tokenizer):
                                     kwargs={"json": b, "timeout": 60}) for b in bodies]
         snaps = []
         with httpx.stream("GET", srv.base + "/dashboard/stream", timeout=30) as stream:
-            for t in threads:
-                t.start()
+            # Hold the engine's first step until all three requests are submitted, so that they
+            # run together however slowly the threads start (a busy CI machine once let the first
+            # request finish before the third arrived).
+            srv.executor.gate.clear()
+            try:
+                for t in threads:
+                    t.start()
+                deadline = time.monotonic() + 20
+                while srv.submitted() < 3 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert srv.submitted() == 3
+            finally:
+                srv.executor.gate.set()
             for line in stream.iter_lines():
                 if line.startswith("data:"):
                     snaps.append(json.loads(line[5:]))

@@ -91,6 +91,16 @@ class InProcServer:
     def health(self) -> dict:
         return httpx.get(self.base + "/health", timeout=10).json()
 
+    def submitted(self) -> int:
+        """Requests handed to the engine: those it holds plus those queued behind a running step.
+
+        Reads the command queue, so it counts a request whose step is still gated shut; a queued
+        submission is the ``register`` closure of :meth:`AsyncEngine.add`.
+        """
+        queued = [c for c in list(self.aengine._cmds.queue)
+                  if c[0] == "call" and getattr(c[1], "__name__", "") == "register"]
+        return self.aengine.in_flight + len(queued)
+
     def wait_idle(self, timeout: float = 10.0) -> dict:
         deadline = time.monotonic() + timeout
         h = self.health()
