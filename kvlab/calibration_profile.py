@@ -85,4 +85,5 @@ def describe(prof: dict[str, Any]) -> str:
     fit = prof.get("fit", {})
     return (f"{dev} ({m.get('device')}), {prof['model']} {prof['dtype']}, {prof.get('threads')} threads, "
             f"fit RMS rel. error {100 * float(fit.get('rms_rel_error', float('nan'))):.1f}% "
-            f"on {fit.get('num_points', '?')} points, load {prof.get('load_average', {}).get('before')}")
+            f"on {fit.get('num_points', '?')} points, load {prof.get('load_average', {}).get('before')}"
+            + (f", CPU steal {prof['steal_pct']:.1f}%" if prof.get("steal_pct") is not None else ""))

@@ -3,7 +3,7 @@
 Read by calibration profiles (their provenance check), run manifests (:mod:`kvlab.manifest`) and
 the executor's device name (:mod:`kvlab.executor.device_monitor`): one place parses ``/proc/cpuinfo``.
 
-Pure Python (reads ``/proc/cpuinfo``, ``lscpu`` where present, ``os.getloadavg``); torch is
+Pure Python (reads ``/proc/cpuinfo``, ``/proc/stat``, ``lscpu`` where present, ``os.getloadavg``); torch is
 imported only to name a CUDA device. The fingerprint is what a profile's provenance check
 compares: a step-time fit is only valid on the same kind of machine.
 """
@@ -123,3 +123,26 @@ def busy_message(load: list[float]) -> str | None:
                 "before measuring; timings will be inflated and noisy. Rerun on a quiet machine for a "
                 "profile you can trust.")
     return None
+
+
+def cpu_ticks(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """(steal, total) clock ticks summed over every CPU since boot, from ``/proc/stat``'s ``cpu``
+    line; None where the OS has no such file. *Steal* is time the hypervisor ran someone else
+    while this VM's vCPU wanted to run: a timing taken during it measures the neighbours too."""
+    try:
+        with stat.open() as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return ticks[7], sum(ticks)
+
+
+def steal_percent(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float:
+    """Share (%) of the CPU time between two :func:`cpu_ticks` readings that was stolen; NaN when
+    either reading is missing or no tick passed."""
+    if before is None or after is None or after[1] <= before[1]:
+        return float("nan")
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])

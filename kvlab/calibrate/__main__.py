@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from kvlab.calibrate.undisturbed import DEFAULT_MAX_STEAL, DEFAULT_RERUNS
 from kvlab.manifest import write_manifest
 
 
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
                          "real run and predict that run at the mean measured scales, one per speed regime "
                          "(hardware.time_scale, time_scale_dense_decode, time_scale_prefill: how much slower "
                          "the machine is now)")
+    ap.add_argument("--max-steal", type=float, default=DEFAULT_MAX_STEAL, metavar="PCT",
+                    help="validate: a real run that loses more than PCT%% of its CPU time to the hypervisor "
+                         f"(steal in /proc/stat) is discarded and run again (default {DEFAULT_MAX_STEAL:g})")
+    ap.add_argument("--steal-reruns", type=int, default=DEFAULT_RERUNS, metavar="N",
+                    help=f"validate: at most N such reruns per workload (default {DEFAULT_RERUNS}; 0: keep every run)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
                          "e.g. --override model.checkpoint=random")
@@ -51,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or args.validate.with_name(args.validate.stem + ("-validation-quick.csv" if args.quick
                                                                              else "-validation.csv"))
             table = validate(args.validate, quick=args.quick, force=args.force, out_csv=out,
-                             real_repeats=args.real_repeats, speed_probe=args.speed_probe)
+                             real_repeats=args.real_repeats, speed_probe=args.speed_probe,
+                             max_steal=args.max_steal, steal_reruns=args.steal_reruns)
             print(markdown(table))
             print(f"load average during validation: {table.attrs['load_average']}")
             write_manifest(Path(out).parent, vars(args), started=started,

@@ -12,6 +12,7 @@ step-time fit by NNLS on relative error (:mod:`kvlab.calibrate.fit`); (6) write 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from kvlab.calibrate.overhead import measure_host, record_arrival_steps
 from kvlab.calibrate.runs import CONF_DIR, block_rows_of, compose
 from kvlab.calibration_profile import write_profile
 from kvlab.executor.cost_calibrated import FEATURE_NAMES, FEATURES, HOST_FEATURES
-from kvlab.machine import busy_message, fingerprint, load_average
+from kvlab.machine import busy_message, cpu_ticks, fingerprint, load_average, steal_percent
 
 REPO = CONF_DIR.parent
 DEFAULT_DIR = REPO / "results" / "calibration"
@@ -97,7 +98,7 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
     ``extra``: more Hydra overrides of the model/executor (recorded in the profile)."""
     threads = int(threads or os.cpu_count() or 1)
     t0 = time.perf_counter()
-    load_before = load_average()
+    load_before, ticks_before = load_average(), cpu_ticks()
     log(f"calibrate: {model} {dtype} on {device}, {threads} threads, {'quick' if quick else 'full'} grid; "
         f"load average {load_before}")
     warn = busy_message(load_before)
@@ -145,7 +146,8 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
 
     shape = ModelShape.from_config({k: v for k, v in cfg["model"].items()
                                     if k not in ("checkpoint", "rope_theta")} | {"dtype_bytes": _dtype_bytes(dtype)})
-    load_after = load_average()
+    load_after, steal = load_average(), steal_percent(ticks_before, cpu_ticks())
+    log(f"CPU steal during the calibration: {steal:.1f}% of the VM's CPU time (the hypervisor running others)")
     profile = {
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": fingerprint(device), "model": cfg["model"]["name"], "model_group": model,
@@ -153,6 +155,7 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
         "dtype": dtype, "dtype_bytes": _dtype_bytes(dtype),
         "threads": threads, "torch": _torch_version(), "mode": "quick" if quick else "full",
         "load_average": {"before": load_before, "after": load_after}, "busy_warning": warn,
+        "steal_pct": None if math.isnan(steal) else round(steal, 2),
         "form": FORM, "method": METHOD, "block_rows": block_rows,
         "coefficients": {k: {"value": fit.coef[k], "unit": f"s/{u}", "meaning": m} for k, u, m in FEATURES},
         "host_overhead": {k: {"value": host["fit"][k], "unit": f"s/{u}", "meaning": m} for k, u, m in HOST_FEATURES},

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from kvlab.calibrate.calibrate import build_real_executor, profiled_executor_overrides
 from kvlab.calibrate.probe import probe
 from kvlab.calibrate.runs import StepRecorder, compose, run_workload
+from kvlab.calibrate.undisturbed import DEFAULT_MAX_STEAL, DEFAULT_RERUNS, run_undisturbed
 from kvlab.calibration_profile import check_provenance, describe, load_profile
 from kvlab.executor.cost_calibrated import CalibratedCostModel
 from kvlab.hardware import TIME_SCALE_KEYS
@@ -87,7 +88,8 @@ def aggregate_real(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict
 
 
 def validate(profile_path: str | Path, *, quick: bool = False, force: bool = False, out_csv: Path | None = None,
-             executor: Any = None, log: Any = print, real_repeats: int = 1, speed_probe: bool = False) -> pd.DataFrame:
+             executor: Any = None, log: Any = print, real_repeats: int = 1, speed_probe: bool = False,
+             max_steal: float | None = DEFAULT_MAX_STEAL, steal_reruns: int = DEFAULT_RERUNS) -> pd.DataFrame:
     """Run the held-out workloads; returns (and writes) the error table. ``real_repeats`` > 1 runs
     each workload that many times on the real executor and compares the simulator with the median
     run; the table then also carries the real runs' spread (``real_spread_*``). ``speed_probe``:
@@ -95,9 +97,14 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     after every real run and predict that run with the simulator at the mean of the two, per
     regime (``hardware.time_scale``, ``time_scale_dense_decode``, ``time_scale_prefill``); the
     simulator's metrics are then the median over the repeats too (columns named like the scales:
-    their medians, ``*_min``/``*_max``: the probes' range)."""
+    their medians, ``*_min``/``*_max``: the probes' range). A real run whose CPU steal exceeds
+    ``max_steal`` % is discarded and run again, at most ``steal_reruns`` times per workload
+    (:mod:`kvlab.calibrate.undisturbed`); ``real_steal_pct``/``real_steal_max_pct`` give the kept
+    runs' median and largest steal, ``real_discarded`` how many runs were thrown away."""
     if real_repeats < 1:
         raise ValueError(f"real_repeats must be >= 1, got {real_repeats}")
+    if steal_reruns < 0:
+        raise ValueError(f"steal_reruns must be >= 0, got {steal_reruns}")
     prof = load_profile(profile_path)
     problems = check_provenance(prof, force=force)
     if problems:
@@ -124,10 +131,24 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
         # --speed-probe: probes bracket every real repeat (the one after a repeat is the one before
         # the next), and that repeat's simulator runs at the mean of its two probes, per regime
         probes = [probe(executor, prof)] if speed_probe else []
-        runs, sims, scales, diags = [], [], [], []
-        for _ in range(real_repeats):
+        runs, sims, scales, diags, steals, discarded = [], [], [], [], [], []
+
+        def once(ov: list[str] = ov, rate: str = rate) -> tuple[dict[str, Any], StepRecorder]:
             rec = StepRecorder(executor, block_rows)
-            real_run = run_workload(compose(real_ov + ov + [rate]), rec)
+            return run_workload(compose(real_ov + ov + [rate]), rec), rec
+
+        def discard(steal: float, name: str = name, probes: list[dict[str, Any]] = probes) -> None:
+            log(f"  {name}: a real run lost {steal:.1f}% of its CPU time to steal (> {max_steal:g}%): "
+                "discarded, running it again")
+            if speed_probe:  # the retry's first probe is taken now, not before the discarded run
+                probes[-1] = probe(executor, prof)
+
+        for _ in range(real_repeats):
+            got = run_undisturbed(once, max_steal=max_steal, budget=steal_reruns - len(discarded),
+                                  on_discard=discard)
+            (real_run, rec), steal = got.result, got.steal_pct
+            steals.append(steal)
+            discarded += got.discarded
             runs.append(real_run["metrics"])
             scale = dict.fromkeys(SCALES, 1.0) | {"time_scale_dense_decode_slope": 0.0}
             if speed_probe:
@@ -145,6 +166,9 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
         med = {k: float(pd.Series([s[k] for s in scales]).median()) for k in SCALES}
         rows.append({"workload": name, "rate": rate.split("=")[1], **_errors(real, sim), **diag,
                      **(spread if real_repeats > 1 else {}), "real_repeats": real_repeats, **med,
+                     "real_steal_pct": float(pd.Series(steals).median()),
+                     "real_steal_max_pct": float(pd.Series(steals).max()),
+                     "real_discarded": len(discarded),
                      **({f"{k}_{e}": f(p[k] for p in probes) for k in SCALES for e, f in (("min", min), ("max", max))}
                         if speed_probe else {})})
         log(f"  {name}: " + (f"time_scale {med['time_scale']:.3f} block / {med['time_scale_dense_decode']:.3f} "
@@ -152,7 +176,9 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
                              f"{med['time_scale_prefill']:.3f} prefill, " if speed_probe else "")
             + f"output tok/s real {real['output_throughput']:.1f}"
             + (f" (median of {real_repeats}, spread {spread['real_spread_output_throughput']:.1f}%)"
-               if real_repeats > 1 else "") + f" sim {sim['output_throughput']:.1f}")
+               if real_repeats > 1 else "") + f" sim {sim['output_throughput']:.1f}"
+            + f", CPU steal {pd.Series(steals).max():.1f}% at most"
+            + (f" ({len(discarded)} run(s) discarded)" if discarded else ""))
     table = pd.DataFrame(rows)
     table.attrs["load_average"] = {"before": load_before, "after": load_average()}
     if out_csv is not None:
@@ -219,4 +245,8 @@ def markdown(table: pd.DataFrame) -> str:
         lines.append(f"| *real runs' own spread (max-min of {n}, mean)* | | " + " | ".join(
             f"{table[f'real_spread_{m}'].mean():.1f}%" if m in RELATIVE else "" for m in METRICS)
             + (" | | |" if diag else " |"))
+    if "real_steal_max_pct" in table.columns:
+        lines.append("\nCPU steal during the kept real runs (largest per workload): " + ", ".join(
+            f"{r['workload']} {r['real_steal_max_pct']:.1f}%" for r in table.to_dict("records"))
+            + f"; runs discarded for steal: {int(table['real_discarded'].sum())}.")
     return "\n".join(lines)

@@ -31,6 +31,8 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     prof = json.loads(path.read_text())
     assert prof["model"] == "tiny-llama" and prof["dtype"] == "float32" and prof["threads"] == 1
     assert prof["machine"]["cpu_model"] and len(prof["load_average"]["before"]) == 3
+    if Path("/proc/stat").exists():  # the share of the calibration's CPU time the hypervisor took
+        assert 0 <= prof["steal_pct"] <= 100
     assert len(prof["fit"]["residuals"]) == prof["fit"]["num_points"] >= 10
     assert all(v["value"] >= 0 for v in prof["coefficients"].values())
     # every forward costs something: each grid step's predicted time is positive (which coefficient
@@ -56,6 +58,11 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
         assert table[k].map(ok).all(), k
         # probes bracket the real run: its scale is the mean of the probes before and after it
         assert ((table[f"{k}_min"] <= table[k]) & (table[k] <= table[f"{k}_max"])).all()
+    # every kept real run's CPU steal is measured (or NaN without /proc/stat), and a discard is counted
+    assert {"real_steal_pct", "real_steal_max_pct", "real_discarded"} <= set(table.columns)
+    assert ((table["real_discarded"] >= 0) & (table["real_discarded"] <= 2)).all()
+    if Path("/proc/stat").exists():
+        assert ((table["real_steal_max_pct"] >= 0) & (table["real_steal_max_pct"] <= 100)).all()
     offline = table.iloc[0]
     # with every request at t=0 the schedule does not depend on timing: same batches on both executors
     assert offline["sim_mean_batched_requests"] == pytest.approx(offline["real_mean_batched_requests"], rel=0.02)
