@@ -1,12 +1,16 @@
-"""``python -m kvlab.quant --quick`` as a real subprocess: under three minutes, and a summary.csv whose
-numbers obey the relations that must hold whatever the measured values are."""
+"""``python -m kvlab.quant --quick`` as a real subprocess: it finishes, and writes a summary.csv whose
+numbers obey the relations that must hold whatever the measured values are.
+
+No wall-clock assertion: how long ``--quick`` takes is a speed figure, which the CLI prints itself
+and docs/quantization.md reports with its machine; a unit test on a shared VM (where the hypervisor
+can take over half of the CPU time) would fail for the neighbours' load, not for kvlab's.
+``HANG_S`` only stops a run that would never end."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -17,30 +21,27 @@ from kvlab.quant.report import REQUIRED_COLUMNS
 from kvlab.quant.schemes import available_schemes
 
 REPO = Path(__file__).resolve().parents[2]
-LIMIT_S = 180
+HANG_S = 1200  # a hang guard, not a speed bound
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, str]:
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("quant") / "quick"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "kvlab.quant", "--quick", "--out", str(out)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        stdout, _ = proc.communicate(timeout=LIMIT_S + 60)
+        stdout, _ = proc.communicate(timeout=HANG_S)
     finally:
         if proc.poll() is None:  # stopped by PID
             proc.kill()
             proc.wait()
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, stdout[-3000:]
-    return out, elapsed, stdout
+    return out, stdout
 
 
-def test_quick_finishes_in_time_and_prints_results(quick_run: tuple[Path, float, str]) -> None:
-    out, elapsed, stdout = quick_run
-    assert elapsed < LIMIT_S, f"--quick took {elapsed:.0f} s (load {os.getloadavg()})"
+def test_quick_prints_progress_and_results(quick_run: tuple[Path, str]) -> None:
+    out, stdout = quick_run
     assert stdout.rstrip().splitlines()[-1] == f"results: {out}"
     assert "[1/" in stdout and "none: perplexity" in stdout and "passkey" in stdout  # progress lines
     for name in ("summary.csv", "summary.md", "pareto.png", "serving.png", "config.yaml", "manifest.json"):
@@ -48,8 +49,8 @@ def test_quick_finishes_in_time_and_prints_results(quick_run: tuple[Path, float,
     assert not (out / ".ref").exists()  # the reference log-probs are removed
 
 
-def test_summary_relations(quick_run: tuple[Path, float, str]) -> None:
-    out, _, _ = quick_run
+def test_summary_relations(quick_run: tuple[Path, str]) -> None:
+    out, _ = quick_run
     df = pd.read_csv(out / "summary.csv")
     s = settings.quick()
     assert list(df.columns[:len(REQUIRED_COLUMNS)]) == list(REQUIRED_COLUMNS)
@@ -81,7 +82,7 @@ def test_summary_relations(quick_run: tuple[Path, float, str]) -> None:
     assert (df["max_batch"] >= 1).all() and (df["num_preemptions"] >= 0).all()
 
 
-def test_none_perplexity_equals_the_unquantized_engine(quick_run: tuple[Path, float, str], tmp_path: Path) -> None:
+def test_none_perplexity_equals_the_unquantized_engine(quick_run: tuple[Path, str], tmp_path: Path) -> None:
     """The harness's baseline row (chunked prefill through the cache, chunk 32) equals a plain
     engine with the default config scoring the same text in ONE step (no cached reads)."""
     from kvlab.engine import LLMEngine
@@ -89,7 +90,7 @@ def test_none_perplexity_equals_the_unquantized_engine(quick_run: tuple[Path, fl
     from kvlab.quant.accuracy import TextScore, score_context
     from kvlab.quant.text import eval_contexts
 
-    out, _, _ = quick_run
+    out, _ = quick_run
     s = settings.quick()
     engine = LLMEngine(compose_config("smollm2-135m", "paged", "fcfs", "torch",
                                       ["device=cpu", "dtype=float32", "executor.num_threads=1", "kv.swap_space_gib=0",

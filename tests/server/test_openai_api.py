@@ -4,7 +4,6 @@ seeds, logprobs, a 32-client streaming load test, /metrics, and a client that di
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import openai
@@ -155,14 +154,12 @@ def test_load_32_concurrent_streams(server: ServerProcess) -> None:
         ) as ac:
             return await asyncio.gather(*(one(ac, i) for i in range(32)), return_exceptions=True)
 
-    t = time.perf_counter()
     results = asyncio.run(run())
     errors = [r for r in results if isinstance(r, BaseException)]
     assert not errors, errors[:3]
     assert all(isinstance(r, int) and r >= 1 for r in results)
     h = server.wait_idle()
     assert h["free_blocks"] == h["num_blocks"] and h["in_flight"] == 0, h
-    assert time.perf_counter() - t < 120
 
 
 def _metrics(server: ServerProcess) -> dict[str, float]:
