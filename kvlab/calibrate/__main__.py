@@ -41,14 +41,18 @@ def main(argv: list[str] | None = None) -> int:
                          "(hardware.time_scale, time_scale_dense_decode, time_scale_prefill: how much slower "
                          "the machine is now)")
     ap.add_argument("--max-steal", type=float, default=DEFAULT_MAX_STEAL, metavar="PCT",
-                    help="validate: a real run that loses more than PCT%% of its CPU time to the hypervisor "
+                    help="a real validation run that loses more than PCT%% of its CPU time to the hypervisor "
                          f"(steal in /proc/stat) is discarded and run again (default {DEFAULT_MAX_STEAL:g})")
     ap.add_argument("--steal-reruns", type=int, default=DEFAULT_RERUNS, metavar="N",
                     help=f"validate: at most N such reruns per workload (default {DEFAULT_RERUNS}; 0: keep every run)")
+    ap.add_argument("--quiet-wait", type=float, default=None, metavar="S",
+                    help="first wait up to S seconds (idle) for a busy moment's CPU steal to fall under "
+                         "--max-steal, and again before each steal rerun (default 300; --quick: 0)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="extra Hydra override of the model/executor, repeatable (recorded in the profile), "
                          "e.g. --override model.checkpoint=random")
     args = ap.parse_args(argv)
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else 0.0 if args.quick else 300.0
     started = time.time()
     try:
         if args.validate is not None:
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                              else "-validation.csv"))
             table = validate(args.validate, quick=args.quick, force=args.force, out_csv=out,
                              real_repeats=args.real_repeats, speed_probe=args.speed_probe,
-                             max_steal=args.max_steal, steal_reruns=args.steal_reruns)
+                             max_steal=args.max_steal, steal_reruns=args.steal_reruns,
+                             quiet_wait_s=quiet_wait)
             print(markdown(table))
             print(f"load average during validation: {table.attrs['load_average']}")
             write_manifest(Path(out).parent, vars(args), started=started,
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
         path = calibrate(model=args.model, dtype=args.dtype, device=args.device, threads=args.threads,
                          quick=args.quick, repeats=args.repeats, out=args.out, base_hardware=args.base_hardware,
-                         extra=args.override)
+                         extra=args.override, max_steal=args.max_steal, quiet_wait_s=quiet_wait)
         write_manifest(Path(path).parent, vars(args), started=started, extra={"entry_point": "kvlab.calibrate"})
         print(f"profile: {path}", flush=True)
         return 0

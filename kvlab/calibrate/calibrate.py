@@ -1,6 +1,7 @@
 """``python -m kvlab.calibrate``: profile the real executor, fit the cost model, write a profile.
 
-Steps: (1) record the machine and its load average (warn when busy); (2) load the model on the
+Steps: (1) record the machine and its load average (warn when busy; optionally wait for a quiet
+moment, :mod:`kvlab.calibrate.undisturbed`); (2) load the model on the
 real executor (CPU, or CUDA when ``--device cuda``); (3) time the designed grid
 (:mod:`kvlab.calibrate.grid`) with warm-up and repeats, half of the repeats before and half after
 (4) two real calibration runs: the engine's host overhead on the offline one
@@ -25,6 +26,7 @@ from kvlab.calibrate.fit import FitResult, fit_relative
 from kvlab.calibrate.grid import design, measure_around
 from kvlab.calibrate.overhead import measure_host, record_arrival_steps
 from kvlab.calibrate.runs import CONF_DIR, block_rows_of, compose
+from kvlab.calibrate.undisturbed import DEFAULT_MAX_STEAL, wait_quiet
 from kvlab.calibration_profile import write_profile
 from kvlab.executor.cost_calibrated import FEATURE_NAMES, FEATURES, HOST_FEATURES
 from kvlab.machine import busy_message, cpu_ticks, fingerprint, load_average, steal_percent
@@ -93,12 +95,16 @@ def default_path(model: str, dtype: str, device: str) -> Path:
 def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: str = "cpu",
               threads: int | None = None, quick: bool = False, repeats: int | None = None,
               out: Path | None = None, base_hardware: str | None = None, host_requests: int | None = None,
-              executor: Any = None, extra: list[str] | None = None, log: Any = print) -> Path:
+              executor: Any = None, extra: list[str] | None = None, log: Any = print,
+              max_steal: float = DEFAULT_MAX_STEAL, quiet_wait_s: float = 0.0) -> Path:
     """Run the whole calibration; returns the profile path. ``executor``: reuse a built one;
-    ``extra``: more Hydra overrides of the model/executor (recorded in the profile)."""
+    ``extra``: more Hydra overrides of the model/executor (recorded in the profile). With
+    ``quiet_wait_s`` > 0 it first waits up to that long for the CPU steal of a busy moment to fall
+    under ``max_steal`` % (:func:`kvlab.calibrate.undisturbed.wait_quiet`); the steal over the
+    whole calibration is recorded in the profile (``steal_pct``) and warned about above the bound."""
     threads = int(threads or os.cpu_count() or 1)
     t0 = time.perf_counter()
-    load_before, ticks_before = load_average(), cpu_ticks()
+    load_before = load_average()
     log(f"calibrate: {model} {dtype} on {device}, {threads} threads, {'quick' if quick else 'full'} grid; "
         f"load average {load_before}")
     warn = busy_message(load_before)
@@ -109,6 +115,9 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
     if executor is None:
         log("loading the model on the real executor ...")
         executor = build_real_executor(ov)
+    if quiet_wait_s > 0:
+        wait_quiet(max_steal, quiet_wait_s, log=log)
+    ticks_before = cpu_ticks()  # the steal over the measurements, not over the model's loading
     block_rows = block_rows_of(executor)
     if block_rows:
         log(f"matmuls of <= {block_rows} rows read the GGUF blocks (executor.weight_blocks): block terms fitted")
@@ -148,6 +157,11 @@ def calibrate(*, model: str = "smollm2-135m", dtype: str = "float32", device: st
                                     if k not in ("checkpoint", "rope_theta")} | {"dtype_bytes": _dtype_bytes(dtype)})
     load_after, steal = load_average(), steal_percent(ticks_before, cpu_ticks())
     log(f"CPU steal during the calibration: {steal:.1f}% of the VM's CPU time (the hypervisor running others)")
+    if steal > max_steal:
+        steal_warn = (f"{steal:.1f}% of the calibration's CPU time was stolen by other VMs (> {max_steal:g}%): "
+                      "the fit carries their load; recalibrate on a quieter machine")
+        log(f"WARNING: {steal_warn}")
+        warn = f"{warn} {steal_warn}" if warn else steal_warn
     profile = {
         "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": fingerprint(device), "model": cfg["model"]["name"], "model_group": model,

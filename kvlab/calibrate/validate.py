@@ -20,7 +20,7 @@ from tqdm import tqdm
 from kvlab.calibrate.calibrate import build_real_executor, profiled_executor_overrides
 from kvlab.calibrate.probe import probe
 from kvlab.calibrate.runs import StepRecorder, compose, run_workload
-from kvlab.calibrate.undisturbed import DEFAULT_MAX_STEAL, DEFAULT_RERUNS, run_undisturbed
+from kvlab.calibrate.undisturbed import DEFAULT_MAX_STEAL, DEFAULT_RERUNS, run_undisturbed, wait_quiet
 from kvlab.calibration_profile import check_provenance, describe, load_profile
 from kvlab.executor.cost_calibrated import CalibratedCostModel
 from kvlab.hardware import TIME_SCALE_KEYS
@@ -89,7 +89,8 @@ def aggregate_real(runs: list[dict[str, float]]) -> tuple[dict[str, float], dict
 
 def validate(profile_path: str | Path, *, quick: bool = False, force: bool = False, out_csv: Path | None = None,
              executor: Any = None, log: Any = print, real_repeats: int = 1, speed_probe: bool = False,
-             max_steal: float | None = DEFAULT_MAX_STEAL, steal_reruns: int = DEFAULT_RERUNS) -> pd.DataFrame:
+             max_steal: float | None = DEFAULT_MAX_STEAL, steal_reruns: int = DEFAULT_RERUNS,
+             quiet_wait_s: float = 0.0) -> pd.DataFrame:
     """Run the held-out workloads; returns (and writes) the error table. ``real_repeats`` > 1 runs
     each workload that many times on the real executor and compares the simulator with the median
     run; the table then also carries the real runs' spread (``real_spread_*``). ``speed_probe``:
@@ -100,7 +101,9 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     their medians, ``*_min``/``*_max``: the probes' range). A real run whose CPU steal exceeds
     ``max_steal`` % is discarded and run again, at most ``steal_reruns`` times per workload
     (:mod:`kvlab.calibrate.undisturbed`); ``real_steal_pct``/``real_steal_max_pct`` give the kept
-    runs' median and largest steal, ``real_discarded`` how many runs were thrown away."""
+    runs' median and largest steal, ``real_discarded`` how many runs were thrown away. With
+    ``quiet_wait_s`` > 0 it first waits up to that long for a busy moment's steal to fall under
+    ``max_steal``, and again before each rerun (:func:`kvlab.calibrate.undisturbed.wait_quiet`)."""
     if real_repeats < 1:
         raise ValueError(f"real_repeats must be >= 1, got {real_repeats}")
     if steal_reruns < 0:
@@ -124,6 +127,12 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
         log("loading the model on the real executor ...")
         executor = build_real_executor(real_ov)
     wls = workloads(quick)
+
+    def quiet() -> None:
+        if quiet_wait_s > 0 and max_steal is not None:
+            wait_quiet(max_steal, quiet_wait_s, log=log)
+
+    quiet()
     sat = run_workload(compose(sim_ov + wls[0][1] + ["workload.rate=null"]))["metrics"]["request_throughput"]
     rows = []
     for name, ov, mult in tqdm(wls, desc="held-out workloads", unit="run", dynamic_ncols=True):
@@ -140,6 +149,7 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
         def discard(steal: float, name: str = name, probes: list[dict[str, Any]] = probes) -> None:
             log(f"  {name}: a real run lost {steal:.1f}% of its CPU time to steal (> {max_steal:g}%): "
                 "discarded, running it again")
+            quiet()
             if speed_probe:  # the retry's first probe is taken now, not before the discarded run
                 probes[-1] = probe(executor, prof)
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kvlab.calibrate.__main__ import main
-from kvlab.calibrate.undisturbed import run_undisturbed
+from kvlab.calibrate.undisturbed import busy_steal, run_undisturbed, wait_quiet
 from kvlab.calibrate.validate import METRICS, _errors, markdown
 from kvlab.machine import cpu_ticks, steal_percent
 
@@ -77,3 +77,39 @@ def test_markdown_lists_each_workloads_steal_and_the_discards() -> None:
 def test_a_negative_rerun_budget_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--validate", "no-such-profile.json", "--steal-reruns", "-1"]) == 2
     assert "steal_reruns must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_wait_quiet_sits_idle_until_the_steal_falls_under_the_bound() -> None:
+    readings, slept, said = iter([40.0, 12.0, 3.0, 50.0]), [], []
+    got = wait_quiet(5.0, 300, log=said.append, measure=lambda: next(readings), sleep=slept.append, pause_s=20)
+    assert got == 3.0 and slept == [20, 20] and len(said) == 2 and "40% of a busy moment" in said[0]
+
+
+def test_wait_quiet_gives_up_after_its_limit_and_warns() -> None:
+    slept, said = [], []
+    got = wait_quiet(5.0, 45, log=said.append, measure=lambda: 60.0, sleep=slept.append, pause_s=20)
+    assert got == 60.0 and slept == [20, 20, 20] and said[-1].startswith("WARNING: still 60% steal after 60 s")
+    assert wait_quiet(5.0, 0, log=said.append, measure=lambda: float("nan"), sleep=slept.append) != 0  # NaN: no wait
+    assert slept == [20, 20, 20]
+
+
+def test_busy_steal_reads_a_share_of_the_busy_seconds() -> None:
+    assert busy_steal(0.05, ticks=_ticks([7.0])) == pytest.approx(7.0)
+    if Path("/proc/stat").exists():
+        assert 0 <= busy_steal(0.2) <= 100
+
+
+@pytest.mark.parametrize(("args", "wait"), [([], 300.0), (["--quick"], 0.0), (["--quiet-wait", "42"], 42.0)])
+def test_the_cli_waits_for_quiet_only_outside_quick_runs(monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                                         wait: float) -> None:
+    import kvlab.calibrate.validate as v
+
+    seen: dict[str, object] = {}
+
+    def fake(*_: object, **kw: object) -> None:
+        seen.update(kw)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(v, "validate", fake)
+    assert main(["--validate", "p.json", "--max-steal", "7", *args]) == 2
+    assert seen["quiet_wait_s"] == wait and seen["max_steal"] == 7.0 and seen["steal_reruns"] == 2
