@@ -32,13 +32,24 @@ CALIBRATION_ARRIVALS = ["workload=uniform", "workload.rate=1.0", "workload.seed=
                         "workload.output_len_min=8", "workload.output_len_max=48"]
 
 
-def host_gaps(step_records: list[Any]) -> list[tuple[int, float]]:
-    """(running sequences, host seconds) for every step after the first."""
+def host_gaps(step_records: list[Any], requests: list[Any] | None = None) -> list[tuple[int, float]]:
+    """(running sequences, host seconds) for every step after the first. With ``requests`` (the
+    run's ``RequestRecord``s) a gap after which the engine had nothing to do is left out: with
+    arrivals, such a gap is mostly the engine's idle wait for the next request, not host work (a
+    0.5x-saturation run's mean gap read 8.5 ms with them against 0.3 ms of host work)."""
     out = []
     for prev, cur in zip(step_records, step_records[1:]):
+        if requests is not None and not _busy_at(prev.time, requests):
+            continue
         gap = cur.time - prev.time - cur.duration_s
         out.append((int(cur.num_running_seqs), max(0.0, float(gap))))
     return out
+
+
+def _busy_at(t: float, requests: list[Any], eps: float = 1e-9) -> bool:
+    """Whether some request had arrived by clock ``t`` (a step's end) and was not finished then."""
+    return any(r.arrival_time <= t + eps and (r.finish_time is None or r.finish_time > t + eps)
+               for r in requests)
 
 
 def fit_host(gaps: list[tuple[int, float]]) -> dict[str, float]:

@@ -169,7 +169,7 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
                 sims.append(run_workload(sim_cfg)["metrics"])
             scales.append(scale)
             diags.append(step_diagnostics(CalibratedCostModel.from_profile(prof, scale), rec.steps,
-                                          real_run["engine"].step_records))
+                                          real_run["engine"].step_records, real_run["engine"].request_records))
         real, spread = aggregate_real(runs)
         sim, _ = aggregate_real(sims)
         diag = {k: float(pd.Series([d[k] for d in diags]).median()) for k in diags[0]}
@@ -198,17 +198,18 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
 
 
 def step_diagnostics(model: CalibratedCostModel, steps: list[tuple[dict[str, float], float]],
-                     records: list[Any]) -> dict[str, float]:
+                     records: list[Any], requests: list[Any] | None = None) -> dict[str, float]:
     """Where a real run's time went vs the model, step by step: ``exec_err_pct`` is the model's
     total ``execute()`` time on the run's own step shapes vs the measured total (%), and
-    ``host_ms_real``/``host_ms_model`` the mean engine time per step outside ``execute()``;
+    ``host_ms_real``/``host_ms_model`` the mean engine time per step outside ``execute()`` (with
+    ``requests``, leaving out the gaps in which the engine idled for an arrival);
     ``exec_err_prefill_pct``/``exec_err_decode_pct`` split the first by steps with and without a
     prompt chunk."""
     from kvlab.calibrate.overhead import host_gaps
 
     pred = sum(model.execute_time(f) for f, _ in steps)
     meas = sum(d for _, d in steps)
-    gaps = host_gaps(records)
+    gaps = host_gaps(records, requests)
 
     def err(sel: list[tuple[dict[str, float], float]]) -> float:
         m = sum(d for _, d in sel)
