@@ -19,7 +19,6 @@ call it before they start, and validation again before each rerun.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +51,7 @@ def run_undisturbed(run: Callable[[], T], *, max_steal: float | None, budget: in
         before = ticks()
         result = run()
         steal = steal_percent(before, ticks())
-        disturbed = max_steal is not None and not math.isnan(steal) and steal > max_steal
+        disturbed = max_steal is not None and steal > max_steal  # NaN (no reading) compares False
         if not disturbed or len(discarded) == budget:
             return Undisturbed(result, steal, discarded)
         discarded.append(steal)
@@ -80,13 +79,13 @@ def wait_quiet(max_steal: float, max_wait_s: float, *, log: Callable[[str], None
     neighbours) and measure again. Returns the last reading; the caller goes on either way, and
     the runs that follow are still checked one by one (:func:`run_undisturbed`)."""
     steal, waited = measure(), 0.0
-    while not math.isnan(steal) and steal > max_steal and waited < max_wait_s:
+    while steal > max_steal and waited < max_wait_s:  # NaN (no reading) compares False
         log(f"machine busy: {steal:.0f}% of a busy moment's CPU time went to other VMs (steal > {max_steal:g}%); "
             f"waiting for a quieter one ({waited:.0f} of {max_wait_s:.0f} s so far)")
         sleep(pause_s)
         waited += pause_s
         steal = measure()
-    if not math.isnan(steal) and steal > max_steal:
+    if steal > max_steal:
         log(f"WARNING: still {steal:.0f}% steal after {waited:.0f} s; measuring anyway, timings will be "
             "inflated and noisy")
     return steal
