@@ -19,14 +19,10 @@ Writes ``decode_bandwidth.json``, ``fig18a.json``, ``decode_bandwidth.png``, ``f
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import json
 import os
-import platform
-import re
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -36,60 +32,8 @@ if not torch.cuda.is_available() and "--smoke" in sys.argv:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before any @triton.jit module is imported
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def _yaml_bandwidth(device_name: str) -> tuple[float | None, str]:
-    """Datasheet bandwidth (bytes/s) of the conf/hardware profile whose name matches the device."""
-    import yaml
-
-    name = device_name.lower()
-    for path in sorted((ROOT / "conf" / "hardware").glob("*.yaml")):
-        stem = path.stem  # e.g. h100-80gb, a100-40gb, h200
-        chip, _, mem = stem.partition("-")
-        if chip in name and (not mem or mem.removesuffix("gb") in name):
-            cfg = yaml.safe_load(path.read_text())
-            return float(cfg["mem_bandwidth_gb_s"]) * 1e9, f"conf/hardware/{path.name}"
-    return None, "no matching conf/hardware profile"
-
-
-def peak_bandwidth(device_name: str) -> tuple[float | None, str]:
-    """Peak DRAM bandwidth in bytes/s and where it came from."""
-    if torch.cuda.is_available():
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            try:
-                h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-                mhz = pynvml.nvmlDeviceGetMaxClockInfo(h, pynvml.NVML_CLOCK_MEM)
-                bits = pynvml.nvmlDeviceGetMemoryBusWidth(h)
-            finally:
-                pynvml.nvmlShutdown()
-            if mhz and bits:
-                return mhz * 1e6 * bits * 2 / 8, f"nvml: max memory clock {mhz} MHz x bus {bits} bit x 2"
-        except Exception as e:  # noqa: BLE001 - any NVML failure falls back to the datasheet
-            print(f"nvml peak bandwidth unavailable ({e!r}); using conf/hardware", file=sys.stderr)
-    if not torch.cuda.is_available():
-        return _yaml_bandwidth("cpu") if device_name == "cpu" else (None, "no GPU")
-    return _yaml_bandwidth(device_name)
-
-
-def timer(smoke: bool):
-    """fn -> seconds: do_bench median on CUDA; one wall-clock call in the interpreter."""
-    if smoke:
-        def wall(fn) -> float:
-            fn()
-            t = time.perf_counter()
-            fn()
-            return time.perf_counter() - t
-        return wall
-    from triton.testing import do_bench
-
-    return lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median") * 1e-3
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # siblings, also when loaded by path (tests)
+from bench_kernels_env import device_slug, environment, peak_bandwidth, timer  # noqa: E402
 
 
 class Pool:
@@ -256,21 +200,6 @@ def summarize(rows: list[dict], peak: float | None) -> dict:
     }
 
 
-def environment(device: str) -> dict:
-    import triton
-
-    env = {"date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
-           "triton": triton.__version__, "python": platform.python_version(), "host": platform.node(),
-           "interpreter": os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")}
-    if device == "cuda":
-        env["device"] = torch.cuda.get_device_name()
-        env["sms"] = torch.cuda.get_device_properties(0).multi_processor_count
-    else:
-        env["device"] = "cpu"
-        env["load_average"] = os.getloadavg()
-    return env
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, help="output dir (default results/kernels/<device>)")
@@ -297,7 +226,6 @@ def main(argv: list[str] | None = None) -> int:
     peak, peak_src = peak_bandwidth(env["device"])
     cfg = sweep_config(args)
     measure = timer(smoke=not cuda)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_kernels_plot import plot_bandwidth, plot_fig18a
 
     # each stage writes its files at once, so a time limit that cuts a later stage keeps the earlier

@@ -19,16 +19,15 @@ from kvlab import debug
 from kvlab.allocator import ALLOCATORS
 from kvlab.allocator.base import MemoryReport
 from kvlab.allocator.block_map import BlockMap, block_map
-from kvlab.commit import Committer, reported_seqs
+from kvlab.commit import Committer
 from kvlab.config import KVConfig, to_plain
 from kvlab.config_check import EXECUTOR_MODULES, check_config
-from kvlab.detokenize import IncrementalDetokenizer
-from kvlab.engine_stats import EngineStats, KVUsage, Latency
+from kvlab.engine_output import OutputBuilder, finished_record
+from kvlab.engine_stats import Bookkeeping, EngineStats, KVUsage
 from kvlab.executor import EXECUTORS, Executor, ScheduledSeq, StepInput
-from kvlab.metrics import request_latency
 from kvlab.records import RequestRecord, StepRecord
 from kvlab.request import Request, SamplingParams
-from kvlab.request_output import CompletionOutput, RequestOutput
+from kvlab.request_output import RequestOutput
 from kvlab.scheduler import SCHEDULERS, SchedulerOutput
 
 GiB = 1 << 30
@@ -70,8 +69,7 @@ class LLMEngine:
         decode = None
         if self.tokenizer is not None:
             decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        self._decode = decode
-        self._detok: dict[int, IncrementalDetokenizer] = {}  # seq_id -> its text so far
+        self._outputs = OutputBuilder(decode)
         committer = Committer(self.executor.eos_token_id, self.max_model_len, decode)
         sched = dict(cfg["scheduler"])
         self.scheduler = SCHEDULERS.build(sched.pop("name"), self.allocator, self.max_model_len,
@@ -95,7 +93,7 @@ class LLMEngine:
         # in the bounded (server) mode
         self.finished_requests: deque[Request] = deque(maxlen=None if max_records is None else 0)
         self.num_steps = 0
-        self._book = _Bookkeeping(latency_window)
+        self._book = Bookkeeping(latency_window)
         self.stats = EngineStats()
         # Called on this thread after every publication: ``listener(engine, stats)``. The block-map
         # publishers (dashboard, recorder) hook in here and decide themselves when to snapshot.
@@ -151,8 +149,7 @@ class LLMEngine:
         req = self.scheduler.abort_request(request_id)
         if req is not None:
             self._finish(req)
-            for seq in req.seqs:  # no final output is built for an abort: drop its text state here
-                self._detok.pop(seq.seq_id, None)
+            self._outputs.forget(req)  # no final output is built for an abort
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished_requests()
@@ -216,17 +213,7 @@ class LLMEngine:
             self.requests.pop(req.request_id, None)
             return
         req.finish_time = self.now()
-        best = reported_seqs(req)
-        seq = best[0] if best else req.seqs[0]
-        self.request_records.append(RequestRecord(
-            request_id=req.request_id, arrival_time=req.arrival_time,
-            first_scheduled_time=req.first_scheduled_time, first_token_time=req.first_token_time,
-            finish_time=req.finish_time, prompt_len=req.num_prompt_tokens,
-            output_len=seq.num_output_tokens,
-            total_output_tokens=sum(s.num_output_tokens for s in best) if best else 0,
-            num_seqs=req.sampling_params.num_seqs, num_preemptions=req.num_preemptions,
-            num_cached_tokens=req.num_cached_tokens, finish_reason=seq.status.finish_reason,
-            token_times=list(seq.token_times)))
+        self.request_records.append(finished_record(req))
         self._release(req, self.request_records[-1])
 
     # -- bookkeeping (owned state; readers see only ``stats``) --
@@ -235,16 +222,6 @@ class LLMEngine:
         self.requests.pop(req.request_id, None)
         self.finished_requests.append(req)
         self._book.finished(rec)
-
-    def _text(self, req: Request, seq: Any, ids: list[int], final: bool) -> str:
-        assert self._decode is not None
-        if req.sampling_params.use_beam_search:
-            return self._decode(ids)
-        d = self._detok.get(seq.seq_id)
-        if d is None or not d.matches(ids):
-            d = self._detok[seq.seq_id] = IncrementalDetokenizer(self._decode)
-        d.update(ids, final)
-        return d.text
 
     def publish_stats(self, out: SchedulerOutput | None = None, duration: float = 0.0,
                       report: MemoryReport | None = None, running_seqs: int | None = None) -> EngineStats:
@@ -300,31 +277,10 @@ class LLMEngine:
 
     # -- outputs --
     def make_output(self, req: Request) -> RequestOutput:
-        """The request's outputs so far. Text is detokenized incrementally (only the tokens added
-        since the last call are decoded, see :mod:`kvlab.detokenize`); beams, whose sequences are
-        rewritten, are decoded whole."""
-        outs = []
-        finished_req = req.finish_time is not None
-        for i, seq in enumerate(reported_seqs(req)):
-            ids = seq.output_token_ids
-            text = ""
-            if self._decode is not None:
-                text = self._text(req, seq, ids, finished_req or seq.is_finished)
-                if isinstance(seq.stop_reason, str) and seq.stop_reason in text:
-                    text = text[: text.index(seq.stop_reason)]
-            lps = seq.top_logprobs if req.sampling_params.logprobs is not None else None
-            outs.append(CompletionOutput(i, text, list(ids), seq.cumulative_logprob, lps,
-                                         seq.status.finish_reason if seq.is_finished else None,
-                                         seq.stop_reason))
-        if finished_req:
-            for seq in req.seqs:
-                self._detok.pop(seq.seq_id, None)
-        finished = finished_req
-        rec = self.request_records[-1] if finished and self.request_records and \
+        """The request's outputs so far (text decoded incrementally, :mod:`kvlab.engine_output`)."""
+        rec = self.request_records[-1] if req.finish_time is not None and self.request_records and \
             self.request_records[-1].request_id == req.request_id else None
-        return RequestOutput(req.request_id, req.prompt, req.prompt_token_ids, outs, finished,
-                             req.num_cached_tokens, rec, finish_detail=req.finish_detail)
-
+        return self._outputs.build(req, rec)
 
 def _vocab_size(executor: Executor, cfg: Mapping[str, Any]) -> int | None:
     """The vocabulary token ids are checked against: the executor's, else the model config's."""
@@ -341,27 +297,3 @@ def _build_executor(cfg: dict[str, Any]) -> Executor:
     importlib.import_module(EXECUTOR_MODULES[name])  # registers the factory
     return EXECUTORS.build(name, cfg)
 
-
-class _Bookkeeping:
-    """Cumulative counters and a window of recent latencies: what the engine keeps in place of
-    unbounded per-request history when it runs as a server."""
-
-    def __init__(self, window: int) -> None:
-        self.num_finished = 0
-        self.num_aborted = 0
-        self.swapped_out_blocks = 0
-        self.swapped_in_blocks = 0
-        self._lat: deque[Latency] = deque(maxlen=window)
-        self._frozen: tuple[Latency, ...] = ()
-        self._stale = False
-
-    def finished(self, rec: RequestRecord) -> None:
-        self.num_finished += 1
-        self.num_aborted += rec.finish_reason == "abort"
-        self._lat.append(Latency(*request_latency(rec)))
-        self._stale = True
-
-    def latencies(self) -> tuple[Latency, ...]:
-        if self._stale:  # a new tuple only after a request finished; snapshots share it otherwise
-            self._frozen, self._stale = tuple(self._lat), False
-        return self._frozen

@@ -12,15 +12,22 @@ E2E formulas live; they summarise the last ``window`` finished requests (seconds
 holds those requests' latencies as an immutable tuple shared between snapshots until a request
 finishes, and computes the summaries only when a reader asks: publishing stays a few
 microseconds per step (the simulator runs tens of thousands of steps).
+
+:class:`Bookkeeping` is the engine's side of it: the cumulative counters and the latency window
+that each snapshot reads.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from kvlab.metrics import request_latency
+from kvlab.records import RequestRecord
 
 NAN = float("nan")
 
@@ -148,3 +155,29 @@ class EngineStats(NamedTuple):
         del d["recent_latencies"]
         d["kv"] = self.kv._asdict()
         return {**d, **{k: asdict(getattr(self, k)) for k in ("ttft", "tpot", "e2el")}}
+
+
+class Bookkeeping:
+    """Cumulative counters and a window of recent latencies: what the engine keeps in place of
+    unbounded per-request history when it runs as a server (mutated on the engine thread only;
+    snapshots read :meth:`latencies`)."""
+
+    def __init__(self, window: int) -> None:
+        self.num_finished = 0
+        self.num_aborted = 0
+        self.swapped_out_blocks = 0
+        self.swapped_in_blocks = 0
+        self._lat: deque[Latency] = deque(maxlen=window)
+        self._frozen: tuple[Latency, ...] = ()
+        self._stale = False
+
+    def finished(self, rec: RequestRecord) -> None:
+        self.num_finished += 1
+        self.num_aborted += rec.finish_reason == "abort"
+        self._lat.append(Latency(*request_latency(rec)))
+        self._stale = True
+
+    def latencies(self) -> tuple[Latency, ...]:
+        if self._stale:  # a new tuple only after a request finished; snapshots share it otherwise
+            self._frozen, self._stale = tuple(self._lat), False
+        return self._frozen
