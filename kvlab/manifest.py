@@ -177,11 +177,17 @@ def collect(config: Mapping[str, Any] | None = None, *, started: float | None = 
     }
 
 
-def write_manifest(out_dir: str | Path, config: Mapping[str, Any] | None = None, **kw: Any) -> Path:
-    """Write ``manifest.json`` into ``out_dir`` (created if needed); returns its path."""
+def write_manifest(out_dir: str | Path, config: Mapping[str, Any] | None = None, *,
+                   name: str = "manifest.json", **kw: Any) -> Path:
+    """Write the manifest into ``out_dir`` (created if needed) as ``name``; returns its path.
+
+    Entry points that own their output directory use the default name; those that write one file
+    into a shared directory (``kvlab.calibrate``) pass a name derived from that file, so two runs
+    there do not overwrite each other's manifest.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "manifest.json"
+    path = out / name
     path.write_text(json.dumps(collect(config, **kw), indent=2, default=str))
     return path
 

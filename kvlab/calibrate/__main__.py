@@ -17,6 +17,12 @@ from kvlab.calibrate.undisturbed import DEFAULT_MAX_STEAL, DEFAULT_RERUNS
 from kvlab.manifest import write_manifest
 
 
+def manifest_name(output: str | Path) -> str:
+    """``<output stem>.manifest.json``: profiles and tables share ``results/calibration/``, so each
+    output gets its own manifest beside it (a calibration's is not overwritten by its validation)."""
+    return f"{Path(output).stem}.manifest.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kvlab.calibrate", description=__doc__.splitlines()[0])
     ap.add_argument("--validate", metavar="PROFILE", type=Path, default=None,
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                              quiet_wait_s=quiet_wait)
             print(markdown(table))
             print(f"load average during validation: {table.attrs['load_average']}")
-            write_manifest(Path(out).parent, vars(args), started=started,
+            write_manifest(Path(out).parent, vars(args), name=manifest_name(out), started=started,
                            extra={"entry_point": "kvlab.calibrate --validate"})
             print(f"validation: {out}", flush=True)
             return 0
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         path = calibrate(model=args.model, dtype=args.dtype, device=args.device, threads=args.threads,
                          quick=args.quick, repeats=args.repeats, out=args.out, base_hardware=args.base_hardware,
                          extra=args.override, max_steal=args.max_steal, quiet_wait_s=quiet_wait)
-        write_manifest(Path(path).parent, vars(args), started=started, extra={"entry_point": "kvlab.calibrate"})
+        write_manifest(Path(path).parent, vars(args), name=manifest_name(path), started=started,
+                       extra={"entry_point": "kvlab.calibrate"})
         print(f"profile: {path}", flush=True)
         return 0
     except (ValueError, FileNotFoundError) as e:

@@ -38,13 +38,16 @@ def test_quick_calibrate_then_validate(tmp_path: Path, capsys: pytest.CaptureFix
     # every forward costs something: each grid step's predicted time is positive (which coefficient
     # carries the fixed cost is the fit's choice; on a noisy machine NNLS may put it on per-sequence terms)
     assert min(r["predicted_s"] for r in prof["fit"]["residuals"]) > 0
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / "tiny.manifest.json").read_text())  # named after its output
     assert manifest["entry_point"] == "kvlab.calibrate" and manifest["config"]["threads"] == 1
 
     csv = tmp_path / "table.csv"
     assert main(["--validate", str(path), "--quick", "--speed-probe", "--out", str(csv)]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == f"validation: {csv}"
+    # the validation's manifest sits beside its table; the calibration's is still there
+    assert json.loads((tmp_path / "table.manifest.json").read_text())["entry_point"] == "kvlab.calibrate --validate"
+    assert json.loads((tmp_path / "tiny.manifest.json").read_text())["entry_point"] == "kvlab.calibrate"
     import pandas as pd
 
     table = pd.read_csv(csv)
