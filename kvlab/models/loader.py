@@ -63,7 +63,10 @@ def ensure_gguf_cache(name: str, checkpoint: str) -> Path:
     src = gguf_path(checkpoint)
     out = cache_root() / name
     # Keyed by the file's name and size, not its path: every checkout (its own .venv) reuses it.
-    stamp = {"gguf": src.name, "size": src.stat().st_size}
+    # "layout" versions what is written: 2 = config.json names its architecture (tools that read a
+    # Hugging Face directory, e.g. llama.cpp's converter, refuse one without it); an older cache is
+    # converted again once.
+    stamp = {"gguf": src.name, "size": src.stat().st_size, "layout": 2}
     meta = out / "kvlab_source.json"
     if meta.is_file() and json.loads(meta.read_text()) == stamp:
         return out
@@ -76,6 +79,7 @@ def ensure_gguf_cache(name: str, checkpoint: str) -> Path:
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config.pop("_name_or_path", None)
+    config["architectures"] = config.get("architectures") or [type(model).__name__]  # GGUF has none
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}
     if config.get("tie_word_embeddings"):
         sd.pop("lm_head.weight", None)

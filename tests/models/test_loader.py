@@ -44,6 +44,9 @@ def test_no_checkpoint_and_bad_checkpoint():
 
 def test_gguf_cache_dir_has_tokenizer_and_chat_template(smol_dir: Path, executor: TorchExecutor):
     assert (smol_dir / "model.safetensors").is_file() and (smol_dir / "config.json").is_file()
+    # a complete Hugging Face directory: its config names the architecture (llama.cpp's converter
+    # and transformers' Auto classes dispatch on it)
+    assert json.loads((smol_dir / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     cfg = resolve_model(str(smol_dir))
     assert cfg["num_layers"] == 30 and cfg["num_kv_heads"] == 3 and cfg["checkpoint"] == str(smol_dir)
     text = executor.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
