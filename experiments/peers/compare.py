@@ -25,6 +25,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 import urllib.request
 from pathlib import Path
@@ -161,7 +162,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         for bar in ax.patches:
             ax.annotate(f"{bar.get_width():.1f}", (bar.get_width(), bar.get_y() + bar.get_height() / 2),
                         xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 140)), fontsize=9)  # long ISA lists wrap, not clip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,7 +8,11 @@ tiled upcast path works around it). So the default is decided on the machine, at
 * CUDA: bf16 (tensor cores), ``gemm=native``.
 * CPU with a native bf16 GEMM (torch's oneDNN says so AND the CPU flags show ``avx512_bf16`` or
   ``amx_bf16``): bf16 if a short measured check says a model-shaped bf16 matmul is faster than
-  fp32 (by :data:`MARGIN`), else fp32.
+  fp32 (by :data:`MARGIN`), else fp32. Where the fp32 model also gets kvlab's fp32-only fast paths
+  (the C paged-decode op; matmuls over the GGUF checkpoint's blocks), which a bf16 model gives up,
+  bf16 must win the matmul by far more (:data:`FAST_FP32_MARGIN`): on the AVX-512 BF16 Zen 4 VM
+  (no AMX) the check read 0.89-0.98x, flipping across 0.9 between processes, while the bf16 server
+  delivered 0.96x fp32's throughput at 16 streams and 2.3x its TPOT at one (docs/performance.md).
 * CPU without one: fp32, not measured against bf16. The tiled upcast path makes only the
   matmuls of a bf16 model fast; the rest of a step (the C paged-decode op, the matmuls over the
   checkpoint's GGUF blocks, the elementwise ops) has an fp32-only fast path, and on the AVX2 dev VM
@@ -34,7 +38,7 @@ it measures native vs packed. ``gemm=packed`` is fp32-only.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -45,6 +49,10 @@ from kvlab.models.linear import has_native_gemm, packed_gemm_available, prepare_
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 CHECK_ROWS = 16  # the batched decode step the check times (a busy server)
 MARGIN = 0.9  # bf16 must take less than this fraction of fp32's time to be chosen
+# ... and this where fp32 has kvlab's fp32-only fast paths. A judgment between two facts: at 0.89-0.98
+# bf16 lost end to end (Zen 4, AVX-512 BF16); a bf16 model still gains on prefill and large decode
+# batches, so a matmul twice as fast (AMX-class) should win. Not measured on an AMX machine.
+FAST_FP32_MARGIN = 0.6
 UPCAST_NOT_AUTO = ("the tiled upcast path speeds up the matmuls only, while the C decode op and the GGUF "
                    "block matmuls are fp32-only: bf16 measured slower end to end; dtype=bfloat16 chooses it")
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -150,11 +158,13 @@ def _key(dtype: torch.dtype, gemm: str) -> str:
 def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "auto", *,
                      hidden: int = 576, ffn: int = 1536, flags: Sequence[str] | None = None,
                      native_bf16: bool | None = None, packable: bool | None = None,
-                     measure: MeasureFn | None = None) -> PrecisionChoice:
+                     measure: MeasureFn | None = None, fp32_fast_paths: str = "") -> PrecisionChoice:
     """Resolve ``dtype`` (``auto`` or a name) and ``gemm`` (``auto|native|upcast|packed``) for ``device``.
 
     ``flags``, ``native_bf16``, ``packable`` (oneDNN weight prepacking available) and ``measure``
-    default to this machine's (tests pass fakes).
+    default to this machine's (tests pass fakes). ``fp32_fast_paths`` names the fp32-only fast
+    paths this model would run (:func:`fp32_fast_paths`; empty: none), which raise bf16's bar to
+    :data:`FAST_FP32_MARGIN`.
     Raises ``ValueError`` naming the key and its choices for an unknown value.
     """
     from kvlab.config import DTYPE_CHOICES, GEMM_CHOICES
@@ -185,7 +195,7 @@ def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "aut
                                **base)
     if dtype == "float32" and (gemm in ("native", "upcast") or not packable):
         return PrecisionChoice(torch.float32, "native", "dtype set explicitly", **base)
-    key = (dtype, gemm, hidden, ffn, flags, native, packable)
+    key = (dtype, gemm, hidden, ffn, flags, native, packable, fp32_fast_paths)
     if measure is None and key in _DECIDED:  # one measurement per process and shape
         return _DECIDED[key]
     fn = measure or measure_linear(hidden, ffn)
@@ -193,7 +203,7 @@ def choose_precision(device: torch.device, dtype: str = "auto", gemm: str = "aut
         g32, _, ms, why = _fp32_path(fn, gemm, packable)
         choice = PrecisionChoice(torch.float32, g32, f"dtype set explicitly; {why}", measured_ms=ms, **base)
     else:
-        choice = _decide(fn, gemm, flags, native, packable, base)
+        choice = _decide(fn, gemm, flags, native, packable, base, fp32_fast_paths)
     if measure is None:
         _DECIDED[key] = choice
     return choice
@@ -224,7 +234,7 @@ def _fp32_path(measure: MeasureFn, gemm: str, packable: bool) -> tuple[str, floa
 
 
 def _decide(measure: MeasureFn, gemm: str, flags: tuple[str, ...], native: bool, packable: bool,
-            base: dict[str, Any]) -> PrecisionChoice:
+            base: dict[str, Any], fast_paths: str = "") -> PrecisionChoice:
     g32, t32, ms, why32 = _fp32_path(measure, "packed" if gemm == "packed" else "auto",
                                      packable and gemm in ("auto", "packed"))
     if native and gemm not in ("upcast", "packed"):
@@ -239,7 +249,26 @@ def _decide(measure: MeasureFn, gemm: str, flags: tuple[str, ...], native: bool,
     tc = measure(*cand)
     ms[_key(*cand)] = round(tc * 1e3, 3)
     ratio = tc / t32 if t32 > 0 else float("inf")
-    if ratio < MARGIN:
-        return PrecisionChoice(cand[0], cand[1], f"{what} measured {ratio:.2f}x fp32's time", measured_ms=ms, **base)
-    return PrecisionChoice(torch.float32, g32, f"{what} measured {ratio:.2f}x fp32's time (not < {MARGIN}): fp32; "
-                           f"{why32}", measured_ms=ms, **base)
+    bar, bar_why = (FAST_FP32_MARGIN, f" (fp32 also runs {fast_paths}, which bf16 gives up)") if fast_paths \
+        else (MARGIN, "")
+    if ratio < bar:
+        return PrecisionChoice(cand[0], cand[1], f"{what} measured {ratio:.2f}x fp32's time (< {bar}{bar_why})",
+                               measured_ms=ms, **base)
+    return PrecisionChoice(torch.float32, g32, f"{what} measured {ratio:.2f}x fp32's time (not < {bar}{bar_why}): "
+                           f"fp32; {why32}", measured_ms=ms, **base)
+
+
+def fp32_fast_paths(model_cfg: Mapping[str, Any], device: torch.device, attention_backend: str,
+                    weight_blocks: str | int) -> str:
+    """The fp32-only fast paths an fp32 model would run here, as words for the reason ("" if none):
+    kvlab's C paged-decode op (CPU attention backend, CPU ops built) and matmuls over the GGUF
+    checkpoint's blocks (that op library too, a GGUF checkpoint, ``weight_blocks`` not off)."""
+    from kvlab.kernels import cpu_ops, resolve_backend_name
+    from kvlab.models.loader import GGUF_CHECKPOINTS
+
+    if device.type != "cpu" or cpu_ops.load() is None:
+        return ""
+    paths = ["the C decode op"] if resolve_backend_name(attention_backend, device) == "cpu" else []
+    if weight_blocks != "off" and model_cfg.get("checkpoint") in GGUF_CHECKPOINTS:
+        paths.append("the GGUF block matmuls")
+    return " and ".join(paths)

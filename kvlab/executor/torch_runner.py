@@ -28,7 +28,7 @@ from kvlab.config import DEFAULT_CPU_KV_GIB
 from kvlab.executor import EXECUTORS
 from kvlab.executor.base import ScheduledSeq, StepInput, StepOutput
 from kvlab.executor.device_monitor import DeviceMonitor
-from kvlab.executor.precision import PrecisionChoice, choose_precision
+from kvlab.executor.precision import PrecisionChoice, choose_precision, fp32_fast_paths
 from kvlab.executor.sampler import Sampler
 from kvlab.kernels import KVCache, KVSpec, get_backend, resolve_backend_name
 from kvlab.kernels.quant import make_spec
@@ -89,7 +89,8 @@ class TorchExecutor:
             torch.set_num_threads(num_threads or os.cpu_count() or 1)
         self.precision: PrecisionChoice = choose_precision(
             self.device, dtype, gemm, hidden=int(model_cfg.get("hidden_size") or 576),
-            ffn=int(model_cfg.get("ffn_size") or 1536))
+            ffn=int(model_cfg.get("ffn_size") or 1536),
+            fp32_fast_paths=fp32_fast_paths(model_cfg, self.device, attention_backend, weight_blocks))
         self.dtype = self.precision.dtype
         loaded = load_model(model_cfg, self.device, self.dtype, seed)
         self.arch = loaded.arch

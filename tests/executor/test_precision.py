@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kvlab.executor.precision import MARGIN, choose_precision, measure_linear
+from kvlab.executor.precision import FAST_FP32_MARGIN, MARGIN, choose_precision, fp32_fast_paths, measure_linear
 
 CPU = torch.device("cpu")
 AMX = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -41,6 +41,34 @@ def test_native_bf16_but_not_faster_keeps_fp32():
     c = choose_precision(CPU, flags=AMX, native_bf16=True, packable=False, measure=m)
     assert (c.dtype, c.gemm) == (torch.float32, "native")
     assert "fp32" in c.reason
+
+
+@pytest.mark.parametrize("ratio, fast, want", [
+    (0.75, "", torch.bfloat16),                    # past MARGIN, no fp32-only fast path: bf16
+    (0.75, "the C decode op", torch.float32),      # the Zen 4 case: a 0.9x-class matmul win is not enough
+    (FAST_FP32_MARGIN - 0.1, "the C decode op and the GGUF block matmuls", torch.bfloat16),  # AMX-class
+])
+def test_fp32_fast_paths_raise_the_bar_for_native_bf16(ratio, fast, want):
+    m, _ = fake({(torch.float32, "native"): 1.0, (torch.bfloat16, "native"): ratio})
+    c = choose_precision(CPU, flags=AMX, native_bf16=True, packable=False, measure=m, fp32_fast_paths=fast)
+    assert c.dtype == want
+    bar = FAST_FP32_MARGIN if fast else MARGIN
+    assert f"{ratio:.2f}x" in c.reason and f"< {bar}" in c.reason
+    assert (fast in c.reason) if fast else "gives up" not in c.reason
+
+
+def test_fp32_fast_paths_name_what_this_model_would_run(monkeypatch):
+    from kvlab.kernels import cpu_ops
+
+    gguf = {"checkpoint": "smollm2-gguf"}
+    monkeypatch.setattr(cpu_ops, "load", lambda: object())  # built
+    assert fp32_fast_paths(gguf, CPU, "auto", "auto") == "the C decode op and the GGUF block matmuls"
+    assert fp32_fast_paths(gguf, CPU, "torch", "auto") == "the GGUF block matmuls"
+    assert fp32_fast_paths(gguf, CPU, "auto", "off") == "the C decode op"
+    assert fp32_fast_paths({"checkpoint": "random"}, CPU, "torch", "auto") == ""
+    assert fp32_fast_paths(gguf, torch.device("cuda"), "auto", "auto") == ""
+    monkeypatch.setattr(cpu_ops, "load", lambda: None)  # no C compiler, or KVLAB_CPU_OPS=0
+    assert fp32_fast_paths(gguf, CPU, "auto", "auto") == ""
 
 
 def test_avx2_auto_is_fp32_without_measuring_the_upcast_path():
