@@ -115,11 +115,20 @@ def _allocator_counters(engine: LLMEngine) -> dict[str, Any]:
 
 
 def _samples(engine: LLMEngine, k: int = 3) -> list[tuple[str, str]]:
-    out = []
-    for req in list(engine.finished_requests)[:k]:
+    """Up to ``k`` (prompt, output text) pairs of finished requests with distinct prompts (a
+    workload that cycles through a prompt list finishes its repeats together)."""
+    out: list[tuple[str, str]] = []
+    seen: set[tuple[int, ...]] = set()
+    for req in engine.finished_requests:
+        key = tuple(req.prompt_token_ids)
+        if key in seen:
+            continue
+        seen.add(key)
         o = engine.make_output(req)
         prompt = req.prompt if req.prompt is not None else engine.tokenizer.decode(req.prompt_token_ids)
         out.append((prompt, o.outputs[0].text if o.outputs else ""))
+        if len(out) == k:
+            break
     return out
 
 

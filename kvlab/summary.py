@@ -44,4 +44,6 @@ def print_summary(cfg: Any, result: dict[str, Any]) -> None:
         print(f"   {k:<22} {v}")
     print(memory_table(m))
     for prompt, text in result.get("samples", [])[:2]:
-        print(f"-- sample --\n   prompt: {prompt[:160]!r}\n   output: {text[:300]!r}")
+        # the end of the prompt: a chat template's start is the same system prompt for every request
+        shown = prompt if len(prompt) <= 160 else "..." + prompt[-160:]
+        print(f"-- sample --\n   prompt: {shown!r}\n   output: {text[:300]!r}")
