@@ -27,7 +27,7 @@ METRIC_KEYS: tuple[str, ...] = (
     "request_throughput", "output_throughput", "total_token_throughput",
     *(f"{stat}_{m}_ms" for m in LATENCIES for stat in ("mean", "median", "p90", "p99")),
     "normalized_latency_s_per_token", "mean_batched_requests", "kv_capacity_tokens",
-    *(f"mem_{c}_ratio" for c in MEMORY_CATEGORIES),
+    *(f"mem_{c}_ratio" for c in MEMORY_CATEGORIES), "mem_free_ratio",
     "num_preemptions", "swapped_bytes", "prefix_hit_rate", "sharing_saved_ratio",
     "cost_per_million_output_tokens",
 )
@@ -151,6 +151,10 @@ def compute_metrics(
     for cat in MEMORY_CATEGORIES:
         m[f"mem_{cat}_ratio"] = time_average((getattr(s, cat) / s.total_slots for s in mem_steps),
                                              (s.duration_s for s in mem_steps))
+    # the part of "external & others" that is simply unused pool: a light load on a big pool shows
+    # up there, and is not waste an allocator could recover
+    m["mem_free_ratio"] = time_average((s.free_slots / s.total_slots for s in mem_steps),
+                                       (s.duration_s for s in mem_steps))
 
     m["num_preemptions"] = float(sum(r.num_preemptions for r in counted))
     swapped_blocks = sum(s.swapped_out_blocks + s.swapped_in_blocks for s in window_steps)

@@ -19,6 +19,9 @@ def memory_table(metrics: dict[str, Any]) -> str:
         v = float(metrics.get(key, float("nan")))
         bar = "#" * int(round(v * 40)) if v == v else ""
         lines.append(f"  {label:<33} {v * 100:6.1f}%  {bar}")
+    free = float(metrics.get("mem_free_ratio", float("nan")))
+    if free == free:
+        lines.append(f"    {'of which free (never handed out)':<31} {free * 100:6.1f}%")
     return "\n".join(lines)
 
 

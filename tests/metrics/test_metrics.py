@@ -80,9 +80,20 @@ def test_memory_is_time_averaged_and_batch_is_step_averaged():
     assert m["mem_reservation_ratio"] == pytest.approx(0.2 * 3 / 4)
     assert m["mem_internal_frag_ratio"] == pytest.approx(0.1 * 3 / 4)
     assert m["mem_external_frag_ratio"] == pytest.approx((0.2 * 3 + 0.1) / 4)
+    assert m["mem_free_ratio"] == pytest.approx((0.2 * 3 + 0.1) / 4)  # here all of "external" is free
     assert m["mean_batched_requests"] == pytest.approx(2.0)
     assert m["sharing_saved_ratio"] == pytest.approx((0.2 * 3 + 0.0 * 1) / 4)
     assert m["kv_capacity_tokens"] == 100
+
+
+def test_free_ratio_is_the_free_part_of_external_and_others():
+    import dataclasses
+
+    # step 0: 20 external slots, of which 5 free (the rest lost to placement or held by cached blocks)
+    steps = [dataclasses.replace(STEPS[0], free_slots=5), STEPS[1]]
+    m = compute(steps=steps)
+    assert m["mem_free_ratio"] == pytest.approx((0.05 * 3 + 0.1) / 4)
+    assert m["mem_free_ratio"] < m["mem_external_frag_ratio"]
 
 
 def test_sharing_prefix_preemption_and_swap():
