@@ -63,11 +63,15 @@ def _lscpu_model() -> str | None:
 
 
 def cpu_fingerprint() -> dict[str, Any]:
-    """CPU model, the ISA flags of :data:`ISA_FLAGS` it has, logical CPUs, architecture."""
+    """CPU model, family/model numbers, the ISA flags of :data:`ISA_FLAGS` it has, logical CPUs,
+    architecture. ``cpu_family_model`` ("25/17") tells apart CPUs a VM names alike: two dev VMs
+    were both "AMD EPYC", one Zen 3 (25/1), one Zen 4 (25/17)."""
     info = read_cpuinfo()
     flags = set(info.get("flags", "").split())
+    fam, mod = info.get("cpu family"), info.get("model")
     return {"device": "cpu",
             "cpu_model": _lscpu_model() or info.get("model name") or platform.processor() or "unknown",
+            "cpu_family_model": f"{fam}/{mod}" if fam and mod else None,
             "isa_flags": [f for f in ISA_FLAGS if f in flags],
             "logical_cpus": os.cpu_count() or 1,
             "arch": platform.machine()}
@@ -95,10 +99,12 @@ def fingerprint(device: str = "cpu") -> dict[str, Any]:
 def mismatches(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Human-readable differences between a profile's machine and this one (empty: same kind)."""
     keys = (("device", "gpu_name", "compute_capability") if recorded.get("device") == "cuda"
-            else ("device", "cpu_model", "isa_flags", "logical_cpus"))
+            else ("device", "cpu_model", "cpu_family_model", "isa_flags", "logical_cpus"))
     out = []
     for k in keys:
         a, b = recorded.get(k), current.get(k)
+        if k == "cpu_family_model" and a is None:  # profiles before 2026-12-07 did not record it
+            continue
         if a != b:
             out.append(f"{k}: profile {a!r}, this machine {b!r}")
     return out

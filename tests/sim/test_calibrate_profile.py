@@ -55,6 +55,7 @@ def test_sim_runs_from_a_profile(tmp_path: Path) -> None:
 @pytest.mark.parametrize("change, words", [
     ({"machine": cpu_fingerprint() | {"cpu_model": "Some Other CPU 9000"}}, "cpu_model"),
     ({"machine": cpu_fingerprint() | {"isa_flags": ["avx512f", "amx_bf16"]}}, "isa_flags"),
+    ({"machine": cpu_fingerprint() | {"cpu_family_model": "1/2"}}, "cpu_family_model"),  # same name, other CPU
     ({"machine": {"device": "cuda", "gpu_name": "NVIDIA H200", "compute_capability": "9.0"}}, "device"),
     ({"model": "llama-3-8b"}, "model"),
     ({"dtype": "bfloat16", "dtype_bytes": 2}, "dtype"),
@@ -65,6 +66,12 @@ def test_a_mismatched_profile_is_refused_unless_forced(tmp_path: Path, change: d
         build_sim_executor(cfg(path))
     ex = build_sim_executor(cfg(path, force=True))
     assert any(words in p for p in ex.provenance_problems)
+
+
+def test_a_profile_without_family_model_is_judged_on_the_rest(tmp_path: Path) -> None:
+    # profiles written before cpu_family_model existed: that key alone does not refuse them
+    machine = {k: v for k, v in cpu_fingerprint().items() if k != "cpu_family_model"}
+    assert build_sim_executor(cfg(write(tmp_path, machine=machine))).provenance_problems == []
 
 
 def test_profile_errors_are_clear(tmp_path: Path) -> None:
