@@ -21,7 +21,7 @@ def memory_table(metrics: dict[str, Any]) -> str:
         lines.append(f"  {label:<33} {v * 100:6.1f}%  {bar}")
     free = float(metrics.get("mem_free_ratio", float("nan")))
     if free == free:
-        lines.append(f"    {'of which free (held by no request)':<31} {free * 100:6.1f}%")
+        lines.append(f"    {'of which free pool':<31} {free * 100:6.1f}%")
     return "\n".join(lines)
 
 
