@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from kvlab.calibrate.runs import compose, run_workload
-from kvlab.calibrate.validate import workloads
+from kvlab.calibrate.validate import sim_overrides, workloads
 from kvlab.calibration_profile import load_profile
 
 
@@ -27,9 +27,7 @@ def main() -> None:
     args = ap.parse_args()
     prof = load_profile(args.profile)
     ov = dict((n, o) for n, o, _ in workloads(False))[args.row]
-    base = ["executor=sim", "hardware=calibrated", f"hardware.profile={prof['path']}",
-            f"model={prof.get('model_group') or prof['model']}", f"model.dtype_bytes={prof['dtype_bytes']}",
-            "kv.swap_space_gib=0", "show_progress=false", *(prof.get("model_overrides") or [])]
+    base = sim_overrides(prof)
     for s in args.scales:
         scale = [f"hardware.{k}={s}" for k in ("time_scale", "time_scale_dense_decode", "time_scale_prefill")]
         m = run_workload(compose(base + ov + [f"workload.rate={args.rate}"] + scale))["metrics"]

@@ -66,6 +66,15 @@ def workloads(quick: bool) -> list[tuple[str, list[str], float | None]]:
     return rows
 
 
+def sim_overrides(prof: dict[str, Any], *, force: bool = False) -> list[str]:
+    """Hydra overrides that run the calibrated simulator from ``prof`` on the profiled model
+    (validation's simulator side; ``experiments/calib_row_sensitivity.py`` too)."""
+    return ["executor=sim", "hardware=calibrated", f"hardware.profile={prof['path']}",
+            f"model={prof.get('model_group') or prof['model']}", f"model.dtype_bytes={prof['dtype_bytes']}",
+            f"hardware.force={str(force).lower()}", "kv.swap_space_gib=0", "show_progress=false",
+            *(prof.get("model_overrides") or [])]
+
+
 def _errors(real: dict[str, float], sim: dict[str, float]) -> dict[str, float]:
     out = {}
     for m in METRICS:
@@ -121,13 +130,9 @@ def validate(profile_path: str | Path, *, quick: bool = False, force: bool = Fal
     load_before = load_average()
     warn = busy_message(load_before)
     log(f"load average {load_before}" + (f"\nWARNING: {warn}" if warn else ""))
-    extra = list(prof.get("model_overrides") or [])
-    model = prof.get("model_group") or prof["model"]
     block_rows = int(prof.get("block_rows") or 0)
     real_ov = profiled_executor_overrides(prof)
-    sim_ov = ["executor=sim", "hardware=calibrated", f"hardware.profile={prof['path']}", f"model={model}",
-              f"model.dtype_bytes={prof['dtype_bytes']}", f"hardware.force={str(force).lower()}",
-              "kv.swap_space_gib=0", "show_progress=false", *extra]
+    sim_ov = sim_overrides(prof, force=force)
     if executor is None:
         log("loading the model on the real executor ...")
         executor = build_real_executor(real_ov)

@@ -264,11 +264,11 @@ def fp32_fast_paths(model_cfg: Mapping[str, Any], device: torch.device, attentio
     kvlab's C paged-decode op (CPU attention backend, CPU ops built) and matmuls over the GGUF
     checkpoint's blocks (that op library too, a GGUF checkpoint, ``weight_blocks`` not off)."""
     from kvlab.kernels import cpu_ops, resolve_backend_name
-    from kvlab.models.loader import GGUF_CHECKPOINTS
+    from kvlab.models.block_linear import blocks_off_reason
 
     if device.type != "cpu" or cpu_ops.load() is None:
         return ""
     paths = ["the C decode op"] if resolve_backend_name(attention_backend, device) == "cpu" else []
-    if weight_blocks != "off" and model_cfg.get("checkpoint") in GGUF_CHECKPOINTS:
+    if blocks_off_reason(weight_blocks, model_cfg, device, torch.float32) is None:
         paths.append("the GGUF block matmuls")
     return " and ".join(paths)

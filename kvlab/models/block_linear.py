@@ -111,6 +111,23 @@ def _best(fn: Any, reps: int) -> float:
     return out
 
 
+def blocks_off_reason(setting: str | int, model_cfg: Mapping[str, Any], device: torch.device,
+                      dtype: torch.dtype) -> str | None:
+    """Why matmuls over the GGUF blocks cannot run for this model here (``"off (...)"``), or None
+    when they can (``auto`` still measures whether they are faster)."""
+    from kvlab.models.loader import GGUF_CHECKPOINTS
+
+    if setting == "off":
+        return "off (executor.weight_blocks=off)"
+    if device.type != "cpu" or dtype != torch.float32:
+        return "off (fp32 on a CPU only)"
+    if model_cfg.get("checkpoint") not in GGUF_CHECKPOINTS:
+        return "off (the checkpoint is not a GGUF file)"
+    if cpu_ops.load() is None:
+        return f"off (kvlab CPU ops: {cpu_ops.status()})"
+    return None
+
+
 def plan_weight_blocks(setting: str | int, model_cfg: Mapping[str, Any], arch: Any, weights: Mapping[str, torch.Tensor],
                        dense: LinearFn, device: torch.device, dtype: torch.dtype
                        ) -> tuple[LinearFn, dict[str, BlockWeight] | None, str]:
@@ -119,18 +136,12 @@ def plan_weight_blocks(setting: str | int, model_cfg: Mapping[str, Any], arch: A
     On only for fp32 on a CPU, a GGUF checkpoint and built CPU ops; ``auto`` then measures
     :func:`crossover_rows` on the model's first gate/up matrices (eight of them: 56 MB of fp32)."""
     from kvlab.models.gguf_blocks import load_gguf_blocks
-    from kvlab.models.loader import GGUF_CHECKPOINTS, gguf_path
+    from kvlab.models.loader import gguf_path
 
-    if setting == "off":
-        return dense, None, "off (executor.weight_blocks=off)"
-    if device.type != "cpu" or dtype != torch.float32:
-        return dense, None, "off (fp32 on a CPU only)"
-    ckpt = model_cfg.get("checkpoint")
-    if ckpt not in GGUF_CHECKPOINTS:
-        return dense, None, "off (the checkpoint is not a GGUF file)"
-    if cpu_ops.load() is None:
-        return dense, None, f"off (kvlab CPU ops: {cpu_ops.status()})"
-    path = gguf_path(str(ckpt))
+    off = blocks_off_reason(setting, model_cfg, device, dtype)
+    if off is not None:
+        return dense, None, off
+    path = gguf_path(str(model_cfg["checkpoint"]))
     key = (str(path), path.stat().st_size, arch.num_layers, arch.hidden_size)
     if key not in _BLOCKS:  # read-only tensors: every executor of the process shares one copy
         _BLOCKS[key] = load_gguf_blocks(path, arch)
