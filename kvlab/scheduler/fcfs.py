@@ -6,6 +6,8 @@ preempted (recompute: blocks freed, tokens recomputed later; swap: KV moved to t
 or nothing per request). (2) If nothing was preempted, swapped requests come back first, then
 (3) waiting requests are admitted in arrival order while blocks above the watermark, the token
 budget and ``max_num_seqs`` allow — and, as in the paper, none while any request is swapped out.
+With ``prefill_alone`` (vLLM v0's default scheduler, 2023-24) admission comes first, and a step that starts
+prompts runs no decodes; decodes run in the steps where no waiting request can start.
 
 Progress is guaranteed: a request whose worst case can never fit the pool is refused by
 ``add_request``; one that still cannot grow while it is the only request running (nothing left to
@@ -33,7 +35,8 @@ def _arrival(req: Request) -> float:
 
 class FCFSScheduler(SchedulerBase):
     def __init__(self, allocator: KVAllocator, max_model_len: int, *, chunked_prefill: bool = True,
-                 preemption: str = "recompute", **kw: int | float) -> None:
+                 preemption: str = "recompute", prefill_alone: bool = False, max_paddings: int | None = None,
+                 **kw: int | float) -> None:
         super().__init__(allocator, max_model_len, **kw)  # type: ignore[arg-type]
         if preemption not in PREEMPTION_MODES:
             raise ValueError(f"scheduler.preemption={preemption!r}; choose one of {PREEMPTION_MODES}")
@@ -42,8 +45,16 @@ class FCFSScheduler(SchedulerBase):
                 f"scheduler.max_num_batched_tokens={self.max_num_batched_tokens} is smaller than the "
                 f"max model length {max_model_len}: a long prompt could never be scheduled. Set "
                 "scheduler.chunked_prefill=true or raise max_num_batched_tokens (or kv.max_model_len).")
+        if prefill_alone and chunked_prefill:
+            raise ValueError("scheduler.prefill_alone=true runs whole prompts in steps of their own (vLLM v0); "
+                             "it needs scheduler.chunked_prefill=false")
+        if max_paddings is not None and (not prefill_alone or max_paddings < 0):
+            raise ValueError(f"scheduler.max_paddings={max_paddings}: padded prompt batches (vLLM v0.2.2-v0.2.7) "
+                             "need scheduler.prefill_alone=true and a value >= 0 (null = no padding)")
         self.chunked_prefill = chunked_prefill
         self.preemption = preemption
+        self.prefill_alone = prefill_alone
+        self.max_paddings = max_paddings
 
     # -- hooks for subclasses --
     def _admission_open(self) -> bool:
@@ -57,6 +68,10 @@ class FCFSScheduler(SchedulerBase):
     def schedule(self) -> SchedulerOutput:
         out = self._new_output()
         budget = self.max_num_batched_tokens
+        if self.prefill_alone and self.waiting and self._admission_open():
+            self._admit(budget, out)  # vLLM v0: a step that starts prompts runs nothing else
+            if out.chunks:
+                return out
         i = 0
         while i < len(self.running):
             req = self.running[i]
@@ -169,6 +184,7 @@ class FCFSScheduler(SchedulerBase):
     def _admit(self, budget: int, out: SchedulerOutput) -> None:
         self._order_waiting()
         num_seqs = self.num_running_seqs()
+        lens: list[int] = []  # prompt lengths admitted this step (max_paddings only)
         while self.waiting and budget > 0:
             req = self.waiting[0]
             live = req.live_seqs()
@@ -180,6 +196,8 @@ class FCFSScheduler(SchedulerBase):
                 n = seq.num_tokens - seq.num_computed_tokens - computed[1]
                 plans.append((seq, computed, n))
             need = sum(n for _, _, n in plans)
+            if self.max_paddings is not None and self._padding_stops(lens, [n for _, _, n in plans]):
+                break
             if need > budget:
                 if not (self.chunked_prefill and len(plans) == 1):
                     break
@@ -197,6 +215,15 @@ class FCFSScheduler(SchedulerBase):
             self._start(req, live, chunks, out)
             budget -= need
             num_seqs += len(live)
+            lens += [n for _, _, n in plans]
+
+    def _padding_stops(self, lens: list[int], new: list[int]) -> bool:
+        """vLLM v0.2.2-v0.2.7 padded a step's prompts to the longest: its token budget counted
+        padded tokens, and the padding itself was capped at ``max_paddings``."""
+        allv = lens + new
+        padded = len(allv) * max(allv)
+        return bool(lens) and (padded > self.max_num_batched_tokens
+                               or padded - sum(allv) > self.max_paddings)  # type: ignore[operator]
 
     def _allocate_group(self, plans: list, out: SchedulerOutput) -> list[ScheduledChunk] | None:
         """Allocate every sequence of a request being admitted, or none of them (atomic)."""
