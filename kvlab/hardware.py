@@ -11,8 +11,9 @@ Two optional extensions, both documented in ``docs/simulator.md``:
   fitted step-time model come from a profile file written by ``python -m kvlab.calibrate``
   (:mod:`kvlab.calibration_profile`); the simulator checks its provenance (machine, model, dtype).
 * ``engine_step_overhead_us`` / ``engine_per_seq_us``: host overheads of the serving engine
-  outside the forward pass (0 in the datasheet roofline mode; the paper-era mode,
-  ``conf/experiment/era/paper2023.yaml``, sets them).
+  outside the forward pass, and ``engine_per_worker_step_us`` / ``engine_per_worker_seq_us`` its
+  cost of driving each tensor-parallel worker per step and per sequence (0 in the datasheet
+  roofline mode; the paper-era mode, ``conf/experiment/era/paper2023.yaml``, sets them).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
     "price_per_gpu_hour": ("price_per_gpu_hour", 1.0, True),
     "engine_step_overhead_us": ("engine_step_overhead_s", 1e-6, False),
     "engine_per_seq_us": ("engine_per_seq_s", 1e-6, False),
+    "engine_per_worker_step_us": ("engine_per_worker_step_s", 1e-6, False),
+    "engine_per_worker_seq_us": ("engine_per_worker_seq_s", 1e-6, False),
 }
 # hardware=calibrated: the profile file, skip its provenance check, and how much slower the machine
 # is now than the profile's model, per regime (kvlab.executor.cost_calibrated.regime): steps on the
@@ -88,6 +91,8 @@ class HardwareProfile:
     price_per_gpu_hour: float
     engine_step_overhead_s: float = 0.0
     engine_per_seq_s: float = 0.0
+    engine_per_worker_step_s: float = 0.0  # x tensor-parallel workers, when there are 2 or more
+    engine_per_worker_seq_s: float = 0.0  # x tensor-parallel workers x sequences, likewise
     calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
     force: bool = False
     time_scale: float = 1.0  # hardware=calibrated: multiplies the profile's step and host times

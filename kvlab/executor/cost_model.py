@@ -108,6 +108,9 @@ class CostModel:
         # paper-era mode sets it, see docs/simulator.md "Paper-era mode").
         self.engine_step_s = hw.engine_step_overhead_s
         self.engine_per_seq_s = hw.engine_per_seq_s
+        if tp > 1:  # driving tp workers: the paper-era engine's per-step Ray calls (docs/simulator.md)
+            self.engine_step_s += tp * hw.engine_per_worker_step_s
+            self.engine_per_seq_s += tp * hw.engine_per_worker_seq_s
         # Swap: vLLM keeps one K and one V tensor per layer, and copies block by block, so one
         # block is 2 x layers cudaMemcpyAsync calls of block_size x kv_heads x head_dim x dtype.
         self.copies_per_block = 2 * layers
