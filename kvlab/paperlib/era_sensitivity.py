@@ -1,14 +1,18 @@
 """Paper-era diagnostics: what the Fig. 12 misses imply about two quantities the paper does not publish.
 
 Paper-era mode (:mod:`kvlab.paperlib.era`) predicts every Fig. 12 capacity from ONE constant fitted
-on ONE point. Its misses sit where that point says nothing:
+on ONE point of the paper and a Ray control-plane term derived from vLLM PR #2221. Its misses sit
+where neither says anything:
 
-1. **A per-step cost that grows with tensor parallelism.** The fit point runs on one GPU, so no
-   multi-GPU cost of the 2023 engine (Ray workers in lock-step, eager PyTorch dispatch between
-   per-layer all-reduces) is identified. The knob is ``hardware.interconnect_latency_us``: the fixed
-   cost of each of a step's ``2 x layers`` all-reduces (the prediction uses NCCL's ~10 µs small-message
-   latency). It stands for any per-layer multi-GPU cost; per step it is ``2 x layers x value``
-   (OPT-66B 128 all-reduces, OPT-175B 192). Only the TP panels (b, c, e, f) change.
+1. **A per-step cost that grows with tensor parallelism,** beyond the Ray control plane that the
+   mode derives from vLLM PR #2221 (:mod:`kvlab.paperlib.era_tp`). The knob is
+   ``hardware.interconnect_latency_us``: the fixed cost of each of a step's ``2 x layers``
+   all-reduces (the prediction uses NCCL's ~10 µs small-message latency). It stands for any per-layer
+   multi-GPU cost (eager PyTorch dispatch between per-layer all-reduces, ...); per step it is
+   ``2 x layers x value`` (OPT-66B 128 all-reduces, OPT-175B 192). Only the TP panels (b, c, e, f) change.
+1b. **The Ray term's form.** The mode solves a per-step and a per-sequence Ray cost from the PR's two
+   points together; ``ray_form`` swaps in either one-term form fitted on the PR's ShareGPT point
+   alone (``tp_fit.json``'s ``forms``), to show how much the prediction rests on that choice.
 2. **FasterTransformer's batch cap B on OPT-175B** (panels c, f): the paper says only "as large as
    possible according to the GPU memory capacity"; memory would allow about 29 requests of 2048
    slots. The knob is ``scheduler.max_batch_size``.
@@ -28,14 +32,16 @@ import pandas as pd
 import yaml
 
 from kvlab.calibrate.runs import CONF_DIR
-from kvlab.paperlib import era, numbers
+from kvlab.paperlib import era, era_tp, numbers
 from kvlab.paperlib.specs import Job
 
 TP_PANELS = "bcef"
 TP_LATENCY_US: tuple[float, ...] = (50.0, 100.0, 150.0, 200.0, 250.0)
 FT_PANELS = "cf"
 FT_BATCH: tuple[int, ...] = (2, 4, 8)
-KNOBS = {"allreduce_us": "hardware.interconnect_latency_us", "ft_batch": "scheduler.max_batch_size"}
+KNOBS = {"allreduce_us": "hardware.interconnect_latency_us", "ft_batch": "scheduler.max_batch_size",
+         "ray_form": "hardware.engine_per_worker_*_us"}
+RAY_FORMS: tuple[str, ...] = ("per_step", "per_seq")
 LOWLOAD_RATE = {"b": 0.4, "c": 1.5}  # vLLM's lowest plotted rate, req/s (vllm-paper.md, Fig 12 [D])
 ROOT = era.ROOT / "sensitivity"
 
@@ -53,19 +59,31 @@ LAYERS = {p: int(_panel_conf(p, "model")["num_layers"]) for p in "bc"}
 
 
 def sweep_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, ft_values: tuple[int, ...] = FT_BATCH,
-               panels: str = "abcdef", num_requests: int | None = None) -> list[Job]:
+               panels: str = "abcdef", num_requests: int | None = None,
+               ray_forms: tuple[str, ...] = RAY_FORMS) -> list[Job]:
     """The era saturation jobs with one knob set per job; the knob and its value tag the job (so
     every value has its own cached run directory)."""
     out = []
     for knob, values, which, systems in (("allreduce_us", tp_values, TP_PANELS, None),
-                                         ("ft_batch", ft_values, FT_PANELS, {"ft"})):
+                                         ("ft_batch", ft_values, FT_PANELS, {"ft"}),
+                                         ("ray_form", ray_forms, TP_PANELS, None)):
         for v in values:
             for j in era.jobs("".join(p for p in which if p in panels), num_requests):
                 if systems is None or j.system in systems:
-                    j.overrides = [*j.overrides, f"{KNOBS[knob]}={v}"]
+                    j.overrides = [*j.overrides, *(ray_form_overrides(str(v)) if knob == "ray_form"
+                                                   else [f"{KNOBS[knob]}={v}"])]
                     j.tags = {knob: v}
                     out.append(j)
     return out
+
+
+def ray_form_overrides(form: str) -> list[str]:
+    """The one-term Ray form ``form`` of ``tp_fit.json`` in place of the mode's two terms."""
+    import json
+
+    w = json.loads((era.ROOT / "tp_fit.json").read_text())["forms"][form]["us_per_worker"]
+    step, seq = (w, 0.0) if form == "per_step" else (0.0, w)
+    return [f"hardware.{era_tp.YAML_KEYS['w_step']}={step}", f"hardware.{era_tp.YAML_KEYS['w_seq']}={seq}"]
 
 
 def lowload_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, num_requests: int | None = None) -> list[Job]:
@@ -123,7 +141,7 @@ def summary(sens: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
     rows (all other rows stay the prediction's), and the rows still missing."""
     pred = {(r.panel, r.system): r.era_error_pct for r in base.itertuples()}
     out = []
-    for (knob, value), g in sens.groupby(["knob", "value"], sort=True):
+    for (knob, value), g in sorted(sens.groupby(["knob", "value"], sort=False), key=lambda kv: _order(*kv[0])):
         err = dict(pred)
         err.update({(r.panel, r.system): r.era_error_pct for r in g.itertuples()})
         known = {k: e for k, e in err.items() if e == e}
@@ -131,6 +149,14 @@ def summary(sens: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
         out.append({"knob": knob, "value": value, "within_25": len(known) - len(misses), "of": len(known),
                     "misses": ", ".join(misses)})
     return pd.DataFrame(out)
+
+
+def _order(knob: str, value: object) -> tuple[str, float, str]:
+    """Knobs by name, numeric values by number (the csv mixes numbers and the Ray forms' names)."""
+    try:
+        return knob, float(value), ""  # type: ignore[arg-type]
+    except ValueError:
+        return knob, 0.0, str(value)
 
 
 def per_step(layers: int, allreduce_us: float) -> str:
@@ -147,26 +173,31 @@ def section(root: Path = ROOT) -> list[str]:
     s = summary(pd.read_csv(path), base)
     own = int((base["era_error_pct"].dropna().abs() <= 25).sum())
     lines = ["#### What the misses imply (diagnostics, not predictions)", "",
-             "Two quantities the fit point cannot identify, swept one at a time with every other constant "
-             "as predicted (`python -m kvlab.paperlib.era_sensitivity`, `results/paper/era2023/sensitivity.csv`; "
+             "What neither the fit point nor the PR-derived Ray term identifies, and the Ray term's form, "
+             "swept one at a time with every other constant as predicted "
+             "(`python -m kvlab.paperlib.era_sensitivity`, `results/paper/era2023/sensitivity.csv`; "
              "docs/simulator.md weighs them against independent evidence). Each row replaces only the rows "
              f"its knob changes; the prediction itself has {own} within 25%.", "",
              "| knob | value | per step | within 25% | still missing |", "| --- | --- | --- | --- | --- |"]
     for r in s.itertuples():
         if r.knob == "allreduce_us":
             what = "each TP all-reduce costs"
-            step = f"+{per_step(LAYERS['b'], r.value)} ms (66B/4), +{per_step(LAYERS['c'], r.value)} ms (175B/8)"
-            val = f"{r.value:g} µs"
+            v = float(r.value)
+            step = f"+{per_step(LAYERS['b'], v)} ms (66B/4), +{per_step(LAYERS['c'], v)} ms (175B/8)"
+            val = f"{v:g} µs"
+        elif r.knob == "ray_form":
+            what, step, val = "Ray term, one-term form fitted on the PR's ShareGPT point", "n/a", str(r.value)
         else:
-            what, step, val = "FasterTransformer batch cap on OPT-175B", "n/a", f"B = {int(r.value)}"
+            what, step, val = "FasterTransformer batch cap on OPT-175B", "n/a", f"B = {int(float(r.value))}"
         lines.append(f"| {what} | {val} | {step} | {r.within_25} of {r.of} | {r.misses or 'none'} |")
     tp, ft = s[s["knob"] == "allreduce_us"], s[s["knob"] == "ft_batch"]
     if len(tp) and len(ft):
         t, f = tp.loc[tp["within_25"].idxmax()], ft.loc[ft["within_25"].idxmax()]
-        lines += ["", f"The TP rows peak at {t['within_25']} of {t['of']} with {t['value']:g} µs per all-reduce, "
-                  f"a multi-GPU step {per_step(LAYERS['b'], t['value'])} ms (66B) and "
-                  f"{per_step(LAYERS['c'], t['value'])} ms (175B) longer than predicted; FasterTransformer's "
-                  f"175B rows do best at B = {int(f['value'])}, far below the memory-sized batch. Neither "
+        tv = float(t["value"])
+        lines += ["", f"The TP rows peak at {t['within_25']} of {t['of']} with {tv:g} µs per all-reduce, "
+                  f"a multi-GPU step {per_step(LAYERS['b'], tv)} ms (66B) and "
+                  f"{per_step(LAYERS['c'], tv)} ms (175B) longer than predicted; FasterTransformer's "
+                  f"175B rows do best at B = {int(float(f['value']))}, far below the memory-sized batch. Neither "
                   "quantity is published; choosing it here would fit the figure being predicted, so the mode "
                   "keeps the datasheet all-reduce and the memory-sized batch.", ""]
     low_path = root.parent / "sensitivity_lowload.csv"

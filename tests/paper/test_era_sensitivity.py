@@ -11,16 +11,22 @@ from kvlab.paperlib import era_sensitivity as sens
 
 
 def test_sweep_jobs_set_one_knob_each_and_never_share_a_run() -> None:
-    jobs = sens.sweep_jobs(tp_values=(100.0,), ft_values=(2,))
+    jobs = sens.sweep_jobs(tp_values=(100.0,), ft_values=(2,), ray_forms=("per_step",))
     tp = [j for j in jobs if "allreduce_us" in j.tags]
     ft = [j for j in jobs if "ft_batch" in j.tags]
+    ray = [j for j in jobs if "ray_form" in j.tags]
     assert {j.panel for j in tp} == set(sens.TP_PANELS) and len(tp) == 4 * 5
     assert {(j.panel, j.system) for j in ft} == {("c", "ft"), ("f", "ft")}
+    assert {j.panel for j in ray} == set(sens.TP_PANELS) and len(ray) == 4 * 5
+    knob_keys = ("hardware.interconnect", "scheduler.max_batch", "hardware.engine_per_worker")
     for j in jobs:
         knob = next(iter(j.tags))
-        assert [o for o in j.overrides if o.startswith(("hardware.interconnect", "scheduler.max_batch"))] == \
-            [f"{sens.KNOBS[knob]}={j.tags[knob]}"]
+        want = (sens.ray_form_overrides(j.tags[knob]) if knob == "ray_form"
+                else [f"{sens.KNOBS[knob]}={j.tags[knob]}"])
+        assert [o for o in j.overrides if o.startswith(knob_keys)] == want
         assert "+experiment/era=paper2023" in j.overrides
+    # the per-step form replaces the mode's two terms with its one constant and no per-sequence part
+    assert ray[0].overrides[-1].endswith("engine_per_worker_seq_us=0.0")
     assert len({j.key for j in jobs}) == len(jobs)
     low = sens.lowload_jobs(tp_values=(10.0, 100.0))
     assert sorted((j.panel, j.tags["allreduce_us"]) for j in low) == \
