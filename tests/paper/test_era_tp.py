@@ -87,3 +87,16 @@ def test_run_writes_the_derivation(tmp_path: Path) -> None:
     written = json.loads((tmp_path / "tp_fit.json").read_text())
     assert written["forms"] == out["forms"] and written["two_term"] == out["two_term"]
     assert out["totals"] == fake
+
+
+def test_the_command_reproduces_the_committed_derivation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m kvlab.paperlib.era_tp`` re-simulates both schedules: a change to the scheduler or the
+    KV pool that moves them shows up here as a mismatch with the committed constants."""
+    monkeypatch.setattr(era, "ROOT", tmp_path)
+    assert era_tp.main([]) == 0
+    fresh = json.loads((tmp_path / "tp_fit.json").read_text())
+    committed = json.loads(TP_JSON.read_text())
+    assert fresh["totals"] == committed["totals"] and fresh["two_term"] == committed["two_term"]
+    out = capsys.readouterr().out
+    assert all(f"{k}: {v}" in out for k, v in committed["two_term"].items()) and out.rstrip().endswith("tp_fit.json")
