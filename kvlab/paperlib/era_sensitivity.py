@@ -86,29 +86,37 @@ def ray_form_overrides(form: str) -> list[str]:
     return [f"hardware.{era_tp.YAML_KEYS['w_step']}={step}", f"hardware.{era_tp.YAML_KEYS['w_seq']}={seq}"]
 
 
-def lowload_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, num_requests: int | None = None) -> list[Job]:
+def lowload_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, num_requests: int | None = None,
+                 ray_forms: tuple[str, ...] = RAY_FORMS) -> list[Job]:
     """vLLM at its lowest plotted rate in panels (b) and (c), for the datasheet all-reduce and each
-    swept value: a second observable (the paper's low-load latency) for the same knob."""
+    swept value, and for each one-term Ray form: a second observable (the paper's low-load latency)
+    for the same knobs."""
     out = []
-    for v in sorted({DATASHEET_ALLREDUCE_US, *tp_values}):
+    runs = [(v, None) for v in sorted({DATASHEET_ALLREDUCE_US, *tp_values})]
+    runs += [(DATASHEET_ALLREDUCE_US, form) for form in ray_forms]
+    for v, form in runs:
         for j in era.jobs("bc", num_requests):
             if j.system == "vllm":
-                j.overrides = [*j.overrides, f"{KNOBS['allreduce_us']}={v}"]
-                j.rates, j.sweep, j.tags = [LOWLOAD_RATE[j.panel]], None, {"allreduce_us": v, "at": "lowload"}
+                j.overrides = [*j.overrides, f"{KNOBS['allreduce_us']}={v}",
+                               *(ray_form_overrides(form) if form else [])]
+                j.rates, j.sweep = [LOWLOAD_RATE[j.panel]], None
+                j.tags = {"allreduce_us": v, **({"ray_form": form} if form else {}), "at": "lowload"}
                 out.append(j)
     return out
 
 
 def lowload_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """Low-load normalized latency per (value, panel) beside the paper's digitized range."""
+    """Low-load normalized latency per (value, Ray form, panel) beside the paper's digitized range
+    (``ray_form`` "" = the mode's own two terms)."""
     out = []
     for r in rows.itertuples():
         lo = numbers.value("fig12", "low_load_latency_min", r.panel, "vllm", LOWLOAD_RATE[r.panel])
         hi = numbers.value("fig12", "low_load_latency_max", r.panel, "vllm", LOWLOAD_RATE[r.panel])
-        out.append({"allreduce_us": r.tag_allreduce_us, "panel": r.panel, "rate": r.rate,
-                    "normalized_latency": r.normalized_latency_s_per_token, "paper_min": lo, "paper_max": hi,
-                    "in_range": lo <= r.normalized_latency_s_per_token <= hi})
-    return pd.DataFrame(out).sort_values(["allreduce_us", "panel"], ignore_index=True)
+        form = getattr(r, "tag_ray_form", "")
+        out.append({"allreduce_us": r.tag_allreduce_us, "ray_form": form if isinstance(form, str) else "",
+                    "panel": r.panel, "rate": r.rate, "normalized_latency": r.normalized_latency_s_per_token,
+                    "paper_min": lo, "paper_max": hi, "in_range": lo <= r.normalized_latency_s_per_token <= hi})
+    return pd.DataFrame(out).sort_values(["ray_form", "allreduce_us", "panel"], ignore_index=True)
 
 
 def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, **kw: Any) -> pd.DataFrame:
@@ -117,7 +125,7 @@ def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, **kw: Any) -> p
     beside ``root``."""
     from kvlab.paperlib.runner import _execute
 
-    low = lowload_jobs(kw.get("tp_values", TP_LATENCY_US), kw.get("num_requests"))
+    low = lowload_jobs(kw.get("tp_values", TP_LATENCY_US), kw.get("num_requests"), kw.get("ray_forms", RAY_FORMS))
     rows = pd.DataFrame(_execute(sweep_jobs(**kw) + low, root, n_jobs, resume, "paper-era sensitivity"))
     lowload_table(rows[~rows["saturation"].astype(bool)]).to_csv(
         root.parent / "sensitivity_lowload.csv", index=False, float_format="%.4g")
@@ -202,7 +210,9 @@ def section(root: Path = ROOT) -> list[str]:
                   "keeps the datasheet all-reduce and the memory-sized batch.", ""]
     low_path = root.parent / "sensitivity_lowload.csv"
     if low_path.exists():
-        low = pd.read_csv(low_path)
+        low = pd.read_csv(low_path, keep_default_na=False) if "ray_form" in pd.read_csv(low_path, nrows=0) \
+            else pd.read_csv(low_path).assign(ray_form="")
+        forms, low = low[low["ray_form"] != ""], low[low["ray_form"] == ""]
         cells = "; ".join(
             f"{v:g} µs: " + ", ".join(f"({r.panel}) {r.normalized_latency:.3f}" for r in g.itertuples())
             for v, g in low.groupby("allreduce_us"))
@@ -213,6 +223,12 @@ def section(root: Path = ROOT) -> list[str]:
                   f"its lowest plotted rate in the TP panels, paper [D] {ranges}. Simulated — {cells}. In the "
                   "paper's range at: " + (", ".join(f"{v:g} µs" for v, g in low.groupby("allreduce_us")
                                                    if g["in_range"].all()) or "no value") + ".", ""]
+        if len(forms):
+            lines += ["The same observable with the Ray term's one-term forms in place of the mode's two terms "
+                      "(datasheet all-reduce): " + "; ".join(
+                          f"{f}: " + ", ".join(f"({r.panel}) {float(r.normalized_latency):.3f}" for r in g.itertuples())
+                          + (" (in range)" if g["in_range"].astype(str).eq("True").all() else "")
+                          for f, g in forms.groupby("ray_form")) + ".", ""]
     return lines
 
 

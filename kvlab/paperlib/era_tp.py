@@ -34,7 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kvlab.paperlib.era_fit import ERA_YAML
+from kvlab.paperlib.era_fit import ERA, ERA_YAML
 
 SOURCE = "https://github.com/vllm-project/vllm/pull/2221 (description, 2023-12-20)"
 WORKERS = 8  # LLaMA-70B on 8x A100-40G, tensor parallel 8
@@ -113,9 +113,34 @@ def _two_term(totals: dict[str, dict[str, float]], delta: dict[str, float], name
     return (d1 * n2 - d2 * n1) / det / workers, (s1 * d2 - s2 * d1) / det / workers
 
 
-def run(root: Path, totals_of: Callable[[list[str]], dict[str, float]] = schedule_totals) -> dict[str, Any]:
-    """Simulate both workloads' schedules, derive, write ``root/tp_fit.json``."""
+def era_throughput(overrides: list[str], ray: bool) -> float:
+    """Request throughput paper-era mode predicts for one workload under :data:`ENGINE`, with the
+    Ray terms (the PR's "before" engine) or without them ("after")."""
+    from kvlab.calibrate.runs import compose, run_workload
+
+    off = [] if ray else [f"hardware.{key}=0" for key in YAML_KEYS.values()]
+    return float(run_workload(compose([*ENGINE, *overrides, ERA, *off]))["metrics"]["request_throughput"])
+
+
+def era_check(predict: Callable[[list[str], bool], float] = era_throughput) -> dict[str, Any]:
+    """A check of the whole mode on the PR's runs, used by nothing: paper-era's predicted throughput
+    beside the published one, after (no Ray terms) and before (with them)."""
+    out = {}
+    for name, p in POINTS.items():
+        for when, ray in (("after", False), ("before", True)):
+            pred, pub = predict(p["overrides"], ray), p[f"{when}_req_s"]
+            out[f"{name}/{when}"] = {"predicted_req_s": pred, "published_req_s": pub,
+                                     "error_pct": 100 * (pred / pub - 1)}
+    return out
+
+
+def run(root: Path, totals_of: Callable[[list[str]], dict[str, float]] = schedule_totals,
+        predict: Callable[[list[str], bool], float] | None = era_throughput) -> dict[str, Any]:
+    """Simulate both workloads' schedules, derive, and (``predict``) check the paper-era mode on
+    the PR's runs; writes ``root/tp_fit.json``."""
     out = derive({k: totals_of(p["overrides"]) for k, p in POINTS.items()})
+    if predict is not None:
+        out["era_check"] = era_check(predict)
     root.mkdir(parents=True, exist_ok=True)
     (root / "tp_fit.json").write_text(json.dumps(out, indent=1))
     return out
@@ -130,7 +155,7 @@ def yaml_values(path: Path = ERA_YAML) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m kvlab.paperlib.era_tp``: derive the multi-GPU terms (about 10 s)."""
+    """``python -m kvlab.paperlib.era_tp``: derive the multi-GPU terms and check the mode (about 20 s)."""
     import argparse
 
     from kvlab.paperlib.era import ROOT
@@ -145,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, v in out["two_term"].items():
         lo, hi = out["two_term_range_5pct"][key]
         print(f"  {key}: {v}   # {lo}-{hi} with any one schedule total moved by 5%")
+    for key, c in out["era_check"].items():
+        print(f"check (used by nothing): paper-era mode predicts {key} {c['predicted_req_s']:.2f} req/s, "
+              f"published {c['published_req_s']:.2f} ({c['error_pct']:+.0f}%)")
     print(f"results: {ROOT / 'tp_fit.json'}")
     return 0
 

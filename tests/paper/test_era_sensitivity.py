@@ -28,10 +28,14 @@ def test_sweep_jobs_set_one_knob_each_and_never_share_a_run() -> None:
     # the per-step form replaces the mode's two terms with its one constant and no per-sequence part
     assert ray[0].overrides[-1].endswith("engine_per_worker_seq_us=0.0")
     assert len({j.key for j in jobs}) == len(jobs)
-    low = sens.lowload_jobs(tp_values=(10.0, 100.0))
-    assert sorted((j.panel, j.tags["allreduce_us"]) for j in low) == \
-        [("b", 10.0), ("b", 100.0), ("c", 10.0), ("c", 100.0)]
+    low = sens.lowload_jobs(tp_values=(10.0, 100.0), ray_forms=("per_seq",))
+    assert sorted((j.panel, j.tags["allreduce_us"], j.tags.get("ray_form", "")) for j in low) == \
+        [("b", 10.0, ""), ("b", 10.0, "per_seq"), ("b", 100.0, ""), ("c", 10.0, ""), ("c", 10.0, "per_seq"),
+         ("c", 100.0, "")]
     assert all(j.sweep is None and j.rates == [sens.LOWLOAD_RATE[j.panel]] for j in low)
+    assert len({j.key for j in low}) == len(low)
+    form = [j for j in low if "ray_form" in j.tags]
+    assert all(j.overrides[-2:] == sens.ray_form_overrides("per_seq") for j in form)
 
 
 def _base() -> pd.DataFrame:
@@ -60,6 +64,13 @@ def test_section_reports_both_observables(tmp_path: Path) -> None:
                   "normalized_latency": [0.039, 0.06], "paper_min": [0.05, 0.05], "paper_max": [0.09, 0.09],
                   "in_range": [False, True]}).to_csv(tmp_path / "sensitivity_lowload.csv", index=False)
     text = "\n".join(sens.section(root))
+    assert "one-term forms" not in text  # an old csv without the ray_form column still reads
+    pd.DataFrame({"allreduce_us": [10.0, 150.0, 10.0], "ray_form": ["", "", "per_step"], "panel": ["b", "b", "b"],
+                  "rate": [0.4, 0.4, 0.4], "normalized_latency": [0.039, 0.06, 0.068], "paper_min": [0.05] * 3,
+                  "paper_max": [0.09] * 3, "in_range": [False, True, True]}).to_csv(
+                      tmp_path / "sensitivity_lowload.csv", index=False)
+    text = "\n".join(sens.section(root))
+    assert "per_step: (b) 0.068 (in range)" in text
     assert "not predictions" in text and "2 of 4" in text
     assert "+17.9 ms (66B/4)" in text  # 2 x 64 layers x (150 - 10) µs
     assert "In the paper's range at: 150 µs." in text
@@ -69,7 +80,7 @@ def test_a_costlier_multi_gpu_step_lowers_every_capacity(tmp_path: Path) -> None
     """End to end on panel (e): raising the per-all-reduce cost lowers every system's saturated
     capacity and raises vLLM's low-load latency in panels (b, c)."""
     table = sens.run(tmp_path / "sensitivity", n_jobs=1, resume=False, tp_values=(10.0, 200.0), ft_values=(),
-                     panels="e", num_requests=60)
+                     ray_forms=(), panels="e", num_requests=60)
     cap = table.pivot(index="system", columns="value", values="era_capacity")
     assert len(cap) == 5 and (cap[200.0] < cap[10.0]).all(), cap
     low = pd.read_csv(tmp_path / "sensitivity_lowload.csv").pivot(index="panel", columns="allreduce_us",

@@ -83,9 +83,14 @@ def test_the_schedule_does_not_depend_on_step_time() -> None:
 
 def test_run_writes_the_derivation(tmp_path: Path) -> None:
     fake = {FIT: {"steps": 2000.0, "seq_steps": 3e5}, HELD: {"steps": 800.0, "seq_steps": 1.6e5}}
-    out = era_tp.run(tmp_path, totals_of=lambda ov: fake[FIT if "workload=sharegpt" in ov else HELD])
+    out = era_tp.run(tmp_path, totals_of=lambda ov: fake[FIT if "workload=sharegpt" in ov else HELD],
+                     predict=lambda ov, ray: 2.0 if ray else 4.0)
     written = json.loads((tmp_path / "tp_fit.json").read_text())
     assert written["forms"] == out["forms"] and written["two_term"] == out["two_term"]
+    check = written["era_check"]
+    assert set(check) == {f"{k}/{w}" for k in era_tp.POINTS for w in ("after", "before")}
+    assert check[f"{FIT}/after"]["error_pct"] == pytest.approx(100 * (4.0 / 5.08 - 1))
+    assert check[f"{HELD}/before"]["error_pct"] == pytest.approx(100 * (2.0 / 2.48 - 1))
     assert out["totals"] == fake
 
 
@@ -93,10 +98,16 @@ def test_the_command_reproduces_the_committed_derivation(tmp_path: Path, monkeyp
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """``python -m kvlab.paperlib.era_tp`` re-simulates both schedules: a change to the scheduler or the
     KV pool that moves them shows up here as a mismatch with the committed constants."""
+    from kvlab import debug
+
     monkeypatch.setattr(era, "ROOT", tmp_path)
+    # ~20k steps on a 29k-block pool: check the allocator's invariants every 50th step, not every one
+    monkeypatch.setattr(debug, "CHECK_INVARIANTS", 50)
     assert era_tp.main([]) == 0
     fresh = json.loads((tmp_path / "tp_fit.json").read_text())
     committed = json.loads(TP_JSON.read_text())
     assert fresh["totals"] == committed["totals"] and fresh["two_term"] == committed["two_term"]
+    for key, c in committed["era_check"].items():
+        assert fresh["era_check"][key]["predicted_req_s"] == pytest.approx(c["predicted_req_s"], rel=1e-9)
     out = capsys.readouterr().out
     assert all(f"{k}: {v}" in out for k, v in committed["two_term"].items()) and out.rstrip().endswith("tp_fit.json")
