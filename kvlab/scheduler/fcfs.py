@@ -82,7 +82,7 @@ class FCFSScheduler(SchedulerBase):
             i += 1
         if not out.preempted:
             budget = self._swap_in(budget, out)
-            if self._admission_open():
+            if self._admission_open() and not self.prefill_alone:
                 self._admit(budget, out)
         return out
 
