@@ -4,12 +4,15 @@ The datasheet roofline simulator has no serving-engine overhead, so its absolute
 about half the paper's and its capacities 2-8x higher. Paper-era mode adds the host work of a
 Python serving engine to every step (``kvlab.executor.cost_model.CostModel.step_time``)::
 
-    t_host(n) = k x (host_step + host_seq x n)        n = sequences in the step
+    t_host(n) = k x (host_step + host_seq x n) + N x (w_step + w_seq x n)
+                n = sequences in the step, N = tensor-parallel workers (that term only for N >= 2)
 
 ``host_step`` and ``host_seq`` are kvlab's own engine's host costs MEASURED by
 ``python -m kvlab.calibrate`` (the committed profile's ``host_overhead``); ``k`` is FITTED on ONE
-point, Fig. 12(a)'s vLLM at 1.0 req/s (:data:`kvlab.paperlib.era_fit.FIT_POINT`, fit in
-:mod:`kvlab.paperlib.era_fit`). Then every Fig. 12 panel's capacity is predicted with no further
+point of the paper, Fig. 12(a)'s vLLM at 1.0 req/s (:data:`kvlab.paperlib.era_fit.FIT_POINT`, fit
+in :mod:`kvlab.paperlib.era_fit`); ``w_step`` and ``w_seq``, the 2023 engine's Ray control plane,
+are DERIVED outside the paper from vLLM PR #2221's published throughputs (:mod:`kvlab.paperlib.era_tp`).
+Then every Fig. 12 panel's capacity is predicted with no further
 tuning -- as the saturated throughput X (see :data:`ERA_FRACTIONS`) -- and compared with the
 paper's digitized 0.5 s/token crossings. The resulting constants live in
 ``conf/experiment/era/paper2023.yaml``.
