@@ -210,8 +210,9 @@ def section(root: Path = ROOT) -> list[str]:
                   "keeps the datasheet all-reduce and the memory-sized batch.", ""]
     low_path = root.parent / "sensitivity_lowload.csv"
     if low_path.exists():
-        low = pd.read_csv(low_path, keep_default_na=False) if "ray_form" in pd.read_csv(low_path, nrows=0) \
-            else pd.read_csv(low_path).assign(ray_form="")
+        low = pd.read_csv(low_path, keep_default_na=False)  # "" = the mode's own Ray terms
+        if "ray_form" not in low:  # written before the Ray forms were swept
+            low["ray_form"] = ""
         forms, low = low[low["ray_form"] != ""], low[low["ray_form"] == ""]
         cells = "; ".join(
             f"{v:g} µs: " + ", ".join(f"({r.panel}) {r.normalized_latency:.3f}" for r in g.itertuples())
@@ -227,7 +228,7 @@ def section(root: Path = ROOT) -> list[str]:
             lines += ["The same observable with the Ray term's one-term forms in place of the mode's two terms "
                       "(datasheet all-reduce): " + "; ".join(
                           f"{f}: " + ", ".join(f"({r.panel}) {float(r.normalized_latency):.3f}" for r in g.itertuples())
-                          + (" (in range)" if g["in_range"].astype(str).eq("True").all() else "")
+                          + (" (in range)" if g["in_range"].all() else "")
                           for f, g in forms.groupby("ray_form")) + ".", ""]
     return lines
 

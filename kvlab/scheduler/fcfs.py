@@ -184,7 +184,7 @@ class FCFSScheduler(SchedulerBase):
     def _admit(self, budget: int, out: SchedulerOutput) -> None:
         self._order_waiting()
         num_seqs = self.num_running_seqs()
-        lens: list[int] = []  # prompt lengths admitted this step (max_paddings only)
+        lens: list[int] = []  # prompt lengths admitted this step (kept for max_paddings only)
         while self.waiting and budget > 0:
             req = self.waiting[0]
             live = req.live_seqs()
@@ -215,7 +215,8 @@ class FCFSScheduler(SchedulerBase):
             self._start(req, live, chunks, out)
             budget -= need
             num_seqs += len(live)
-            lens += [n for _, _, n in plans]
+            if self.max_paddings is not None:
+                lens += [n for _, _, n in plans]
 
     def _padding_stops(self, lens: list[int], new: list[int]) -> bool:
         """vLLM v0.2.2-v0.2.7 padded a step's prompts to the longest: its token budget counted
