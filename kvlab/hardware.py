@@ -12,8 +12,10 @@ Two optional extensions, both documented in ``docs/simulator.md``:
   (:mod:`kvlab.calibration_profile`); the simulator checks its provenance (machine, model, dtype).
 * ``engine_step_overhead_us`` / ``engine_per_seq_us``: host overheads of the serving engine
   outside the forward pass, and ``engine_per_worker_step_us`` / ``engine_per_worker_seq_us`` its
-  cost of driving each tensor-parallel worker per step and per sequence (0 in the datasheet
-  roofline mode; the paper-era mode, ``conf/experiment/era/paper2023.yaml``, sets them).
+  cost of driving each tensor-parallel worker per step and per sequence, and
+  ``engine_allreduce_us`` its NCCL path's cost per all-reduce beyond ``interconnect_latency_us``
+  (0 in the datasheet roofline mode; the paper-era mode, ``conf/experiment/era/paper2023.yaml``,
+  sets them).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
     "engine_per_seq_us": ("engine_per_seq_s", 1e-6, False),
     "engine_per_worker_step_us": ("engine_per_worker_step_s", 1e-6, False),
     "engine_per_worker_seq_us": ("engine_per_worker_seq_s", 1e-6, False),
+    "engine_allreduce_us": ("engine_allreduce_s", 1e-6, False),
 }
 # hardware=calibrated: the profile file, skip its provenance check, and how much slower the machine
 # is now than the profile's model, per regime (kvlab.executor.cost_calibrated.regime): steps on the
@@ -93,6 +96,7 @@ class HardwareProfile:
     engine_per_seq_s: float = 0.0
     engine_per_worker_step_s: float = 0.0  # x tensor-parallel workers, when there are 2 or more
     engine_per_worker_seq_s: float = 0.0  # x tensor-parallel workers x sequences, likewise
+    engine_allreduce_s: float = 0.0  # the engine's NCCL path per all-reduce, beyond interconnect_latency_s
     calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
     force: bool = False
     time_scale: float = 1.0  # hardware=calibrated: multiplies the profile's step and host times

@@ -100,7 +100,8 @@ class CostModel:
         if tp > 1:
             ring = 2 * (tp - 1) / tp
             self.allreduce_s_per_token = 2 * layers * ring * shape.hidden_size * dt / hw.interconnect
-            self.allreduce_fixed_s = 2 * layers * hw.interconnect_latency_s
+            # + the serving engine's own cost per call (0 in the roofline mode; paper-era sets it)
+            self.allreduce_fixed_s = 2 * layers * (hw.interconnect_latency_s + hw.engine_allreduce_s)
         else:
             self.allreduce_s_per_token = self.allreduce_fixed_s = 0.0
         self.step_overhead_s = hw.step_overhead_s
