@@ -18,20 +18,26 @@ def test_sweep_jobs_set_one_knob_each_and_never_share_a_run() -> None:
     assert {j.panel for j in tp} == set(sens.TP_PANELS) and len(tp) == 4 * 5
     assert {(j.panel, j.system) for j in ft} == {("c", "ft"), ("f", "ft")}
     assert {j.panel for j in ray} == set(sens.TP_PANELS) and len(ray) == 4 * 5
-    knob_keys = ("hardware.interconnect", "scheduler.max_batch", "hardware.engine_per_worker")
+    knob_keys = ("hardware.interconnect", "scheduler.max_batch", "hardware.engine_per_worker",
+                 "hardware.engine_allreduce")
     for j in jobs:
         knob = next(iter(j.tags))
         want = (sens.ray_form_overrides(j.tags[knob]) if knob == "ray_form"
+                else sens.allreduce_overrides(j.tags[knob]) if knob == "allreduce_us"
                 else [f"{sens.KNOBS[knob]}={j.tags[knob]}"])
         assert [o for o in j.overrides if o.startswith(knob_keys)] == want
         assert "+experiment/era=paper2023" in j.overrides
     # the per-step form replaces the mode's two terms with its one constant and no per-sequence part
     assert ray[0].overrides[-1].endswith("engine_per_worker_seq_us=0.0")
+    # a swept all-reduce value is the whole per-call cost: the derived engine term is switched off
+    assert tp[0].overrides[-2:] == ["hardware.interconnect_latency_us=100.0", "hardware.engine_allreduce_us=0"]
     assert len({j.key for j in jobs}) == len(jobs)
     low = sens.lowload_jobs(tp_values=(10.0, 100.0), ray_forms=("per_seq",))
+    own = sens.PREDICTED_ALLREDUCE_US  # the Ray forms run at the prediction's own all-reduce
+    assert own == 10.0 + 46.2
     assert sorted((j.panel, j.tags["allreduce_us"], j.tags.get("ray_form", "")) for j in low) == \
-        [("b", 10.0, ""), ("b", 10.0, "per_seq"), ("b", 100.0, ""), ("c", 10.0, ""), ("c", 10.0, "per_seq"),
-         ("c", 100.0, "")]
+        [("b", 10.0, ""), ("b", own, ""), ("b", own, "per_seq"), ("b", 100.0, ""),
+         ("c", 10.0, ""), ("c", own, ""), ("c", own, "per_seq"), ("c", 100.0, "")]
     assert all(j.sweep is None and j.rates == [sens.LOWLOAD_RATE[j.panel]] for j in low)
     assert len({j.key for j in low}) == len(low)
     form = [j for j in low if "ray_form" in j.tags]
@@ -72,7 +78,7 @@ def test_section_reports_both_observables(tmp_path: Path) -> None:
     text = "\n".join(sens.section(root))
     assert "per_step: (b) 0.068 (in range)" in text
     assert "not predictions" in text and "2 of 4" in text
-    assert "+17.9 ms (66B/4)" in text  # 2 x 64 layers x (150 - 10) µs
+    assert "+12.0 ms (66B/4)" in text  # 2 x 64 layers x (150 - 56.2) µs
     assert "In the paper's range at: 150 µs." in text
 
 
