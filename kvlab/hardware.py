@@ -12,7 +12,8 @@ Two optional extensions, both documented in ``docs/simulator.md``:
   (:mod:`kvlab.calibration_profile`); the simulator checks its provenance (machine, model, dtype).
 * ``engine_step_overhead_us`` / ``engine_per_seq_us``: host overheads of the serving engine
   outside the forward pass, and ``engine_per_worker_step_us`` / ``engine_per_worker_seq_us`` its
-  cost of driving each tensor-parallel worker per step and per sequence, and
+  cost of driving each tensor-parallel worker per step, per sequence and per int of the step's
+  metadata (``engine_per_worker_int_us``), and
   ``engine_allreduce_us`` its NCCL path's cost per all-reduce beyond ``interconnect_latency_us``
   (0 in the datasheet roofline mode; the paper-era mode, ``conf/experiment/era/paper2023.yaml``,
   sets them).
@@ -51,6 +52,7 @@ _KEYS: dict[str, tuple[str, float, bool]] = {
     "engine_per_seq_us": ("engine_per_seq_s", 1e-6, False),
     "engine_per_worker_step_us": ("engine_per_worker_step_s", 1e-6, False),
     "engine_per_worker_seq_us": ("engine_per_worker_seq_s", 1e-6, False),
+    "engine_per_worker_int_us": ("engine_per_worker_int_s", 1e-6, False),
     "engine_allreduce_us": ("engine_allreduce_s", 1e-6, False),
 }
 # hardware=calibrated: the profile file, skip its provenance check, and how much slower the machine
@@ -96,6 +98,7 @@ class HardwareProfile:
     engine_per_seq_s: float = 0.0
     engine_per_worker_step_s: float = 0.0  # x tensor-parallel workers, when there are 2 or more
     engine_per_worker_seq_s: float = 0.0  # x tensor-parallel workers x sequences, likewise
+    engine_per_worker_int_s: float = 0.0  # x workers x ints sent (input tokens + block-table entries)
     engine_allreduce_s: float = 0.0  # the engine's NCCL path per all-reduce, beyond interconnect_latency_s
     calibration: dict[str, Any] | None = field(default=None, compare=False, hash=False, repr=False)
     force: bool = False

@@ -109,7 +109,10 @@ class CostModel:
         # paper-era mode sets it, see docs/simulator.md "Paper-era mode").
         self.engine_step_s = hw.engine_step_overhead_s
         self.engine_per_seq_s = hw.engine_per_seq_s
-        if tp > 1:  # driving tp workers: the paper-era engine's per-step Ray calls (docs/simulator.md)
+        # driving tp workers: the paper-era engine's per-step Ray calls (docs/simulator.md), whose
+        # payload per int is counted over the step's input tokens and block-table entries
+        self.engine_per_int_s = tp * hw.engine_per_worker_int_s if tp > 1 else 0.0
+        if tp > 1:
             self.engine_step_s += tp * hw.engine_per_worker_step_s
             self.engine_per_seq_s += tp * hw.engine_per_worker_seq_s
         # Swap: vLLM keeps one K and one V tensor per layer, and copies block by block, so one
@@ -138,7 +141,8 @@ class CostModel:
         compute_s = flops / self.flops + self.dequant_s_per_token * max(0, kv_tokens - fp_tokens_read)
         gpu_s = max(compute_s, memory_s, self.launch_floor_s)
         comm_s = self.allreduce_fixed_s + self.allreduce_s_per_token * num_tokens
-        host_s = self.engine_step_s + self.engine_per_seq_s * num_seqs
+        host_s = (self.engine_step_s + self.engine_per_seq_s * num_seqs
+                  + self.engine_per_int_s * (num_tokens + blocks_gathered))
         return gpu_s + comm_s + self.step_overhead_s + host_s
 
     def prefill_time(self, num_tokens: int) -> float:

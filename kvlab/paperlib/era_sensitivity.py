@@ -92,7 +92,8 @@ def ray_form_overrides(form: str) -> list[str]:
 
     w = json.loads((era.ROOT / "tp_fit.json").read_text())["forms"][form]["us_per_worker"]
     step, seq = (w, 0.0) if form == "per_step" else (0.0, w)
-    return [f"hardware.{era_tp.YAML_KEYS['w_step']}={step}", f"hardware.{era_tp.YAML_KEYS['w_seq']}={seq}"]
+    return [f"hardware.{era_tp.YAML_KEYS['w_step']}={step}", f"hardware.{era_tp.YAML_KEYS['w_seq']}={seq}",
+            f"hardware.{era_tp.YAML_KEYS['w_int']}=0"]
 
 
 def lowload_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, num_requests: int | None = None,

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvlab.paperlib import era_payload
 from kvlab.paperlib.era_fit import ERA, ERA_YAML
 
 SOURCE = "https://github.com/vllm-project/vllm/pull/2221 (description, 2023-12-20)"
@@ -57,7 +58,8 @@ POINTS = {
                                      "workload.output_len=317"]},
 }
 FORMS = {"per_step": "steps", "per_seq": "seq_steps"}  # one-term forms: what they are summed over
-YAML_KEYS = {"w_step": "engine_per_worker_step_us", "w_seq": "engine_per_worker_seq_us"}
+YAML_KEYS = {"w_step": "engine_per_worker_step_us", "w_seq": "engine_per_worker_seq_us",
+             "w_int": "engine_per_worker_int_us"}
 
 
 def schedule_totals(overrides: list[str]) -> dict[str, float]:
@@ -70,14 +72,29 @@ def schedule_totals(overrides: list[str]) -> dict[str, float]:
     m = run_workload(cfg, rec)["metrics"]
     feats = [f for f, _ in rec.steps if f["step"]]
     return {"steps": float(len(feats)), "seq_steps": float(sum(f["decode_seqs"] + f["chunks"] for f in feats)),
+            "context_tokens": float(sum(f["decode_kv"] + f["chunk_kv"] for f in feats)),
+            "input_tokens": float(sum(f["tokens"] for f in feats)),
             "finished": float(m["num_finished"]), "preemptions": float(m["num_preemptions"])}
 
 
-def derive(totals: dict[str, dict[str, float]], workers: int = WORKERS) -> dict[str, Any]:
-    """The two-term constants (µs per worker) from both points, and each one-term form fitted on the
-    ShareGPT point with its error on the held-out point's "before" throughput. Pure."""
+def payload_seconds(totals: dict[str, float], layout: dict[str, float]) -> float:
+    """Seconds that ``layout``'s per-sequence payload (:mod:`kvlab.paperlib.era_payload`'s fit: µs per
+    sequence, µs per int) takes over a schedule whose sequences each sent their full context, at the
+    speed it was measured: v0.2.6's ``seq_data`` (every token id) plus its block table. Pure."""
+    ints = totals["context_tokens"] * (1 + 1 / era_payload.BLOCK) + totals["seq_steps"]
+    return 1e-6 * (layout["seq_us"] * totals["seq_steps"] + layout["int_us"] * ints)
+
+
+def derive(totals: dict[str, dict[str, float]], payload: dict[str, Any] | None = None,
+           workers: int = WORKERS) -> dict[str, Any]:
+    """The mode's Ray constants from both points (``payload``: :func:`kvlab.paperlib.era_payload.run`'s
+    output; default the committed ``payload_fit.json``), the constant-per-sequence two-term form, and
+    each one-term form fitted on the ShareGPT point with its error on the held-out point. Pure."""
+    payload = payload if payload is not None else load_payload()
+    v026, paper = (payload["layouts"][k]["fit"] for k in ("v0.2.6", "cacheflow_2023"))
     fit_name = next(k for k, p in POINTS.items() if p["role"] == "fit")
     held_name = next(k for k, p in POINTS.items() if p["role"] == "held_out")
+    names = (fit_name, held_name)
     delta = {k: p["num_requests"] / p["before_req_s"] - p["num_requests"] / p["after_req_s"] for k, p in POINTS.items()}
     forms: dict[str, Any] = {}
     for form, unit in FORMS.items():
@@ -86,56 +103,73 @@ def derive(totals: dict[str, dict[str, float]], workers: int = WORKERS) -> dict[
         pred = h["num_requests"] / (h["num_requests"] / h["after_req_s"] + workers * w * totals[held_name][unit])
         forms[form] = {"us_per_worker": round(1e6 * w, 1), "held_out_before_req_s": pred,
                        "held_out_error_pct": 100 * (pred / h["before_req_s"] - 1)}
-    w_step, w_seq = _two_term(totals, delta, (fit_name, held_name), workers)
-    if w_step < 0 or w_seq < 0:
-        raise ValueError(f"negative Ray cost (w_step {w_step:.3g} s, w_seq {w_seq:.3g} s): the two-term form "
+    w_step, w_seq = _two_term(totals, delta, names, workers, "seq_steps")
+    constant_seq = {YAML_KEYS["w_step"]: round(1e6 * w_step, 1), YAML_KEYS["w_seq"]: round(1e6 * w_seq, 1)}
+
+    def solve(t: dict[str, dict[str, float]], shape: dict[str, float]) -> tuple[float, float]:
+        cols = {k: {**v, "payload_s": payload_seconds(v, shape)} for k, v in t.items()}
+        return _two_term(cols, delta, names, workers, "payload_s")
+
+    w_step, scale = solve(totals, v026)
+    if w_step < 0 or scale < 0:
+        raise ValueError(f"negative Ray cost (w_step {w_step:.3g} s, payload scale {scale:.3g}): the form "
                          "does not describe these points")
-    two = {YAML_KEYS["w_step"]: round(1e6 * w_step, 1), YAML_KEYS["w_seq"]: round(1e6 * w_seq, 1)}
-    # How well two points pin two constants: each schedule total moved by +-5% (kvlab's ShareGPT is
-    # synthetic; the PR tokenized with LLaMA's tokenizer), the other three kept.
-    spread = [_two_term({k: {**v, u: v[u] * f} if k == name else v for k, v in totals.items()}, delta,
-                        (fit_name, held_name), workers)
-              for name in totals for u in FORMS.values() for f in (0.95, 1.05)]
-    ranges = {YAML_KEYS[key]: [round(1e6 * min(w[i] for w in spread), 1), round(1e6 * max(w[i] for w in spread), 1)]
-              for i, key in enumerate(("w_step", "w_seq"))}
+    two = {YAML_KEYS["w_step"]: round(1e6 * w_step, 1), YAML_KEYS["w_seq"]: round(scale * paper["seq_us"], 2),
+           YAML_KEYS["w_int"]: round(scale * paper["int_us"], 4)}
+    # How well two points pin the constants: each schedule total moved by +-5% (kvlab's ShareGPT is
+    # synthetic; the PR tokenized with LLaMA's tokenizer), and v0.2.6's per-sequence object cost by
+    # +-20% (the payload fit's residuals), one at a time.
+    spread = [solve({k: {**v, u: v[u] * f} if k == name else v for k, v in totals.items()}, v026)
+              for name in totals for u in ("steps", "seq_steps", "context_tokens") for f in (0.95, 1.05)]
+    spread += [solve(totals, {**v026, "seq_us": v026["seq_us"] * f}) for f in (0.8, 1.2)]
+    ranges = {YAML_KEYS["w_step"]: [round(1e6 * min(w for w, _ in spread), 1), round(1e6 * max(w for w, _ in spread), 1)],
+              "payload_scale": [round(min(x for _, x in spread), 3), round(max(x for _, x in spread), 3)]}
     return {"source": SOURCE, "workers": workers, "points": POINTS, "engine": ENGINE, "totals": totals,
-            "delta_s": delta, "forms": forms, "two_term": two, "two_term_range_5pct": ranges}
+            "delta_s": delta, "payload_fit": {"v0.2.6": v026, "cacheflow_2023": paper},
+            "payload_scale": round(scale, 4), "forms": forms, "constant_seq": constant_seq,
+            "two_term": two, "two_term_range_5pct": ranges}
+
+
+def load_payload() -> dict[str, Any]:
+    """The committed payload measurement (``results/paper/era2023/payload_fit.json``)."""
+    from kvlab.paperlib.era import ROOT
+
+    return json.loads((ROOT / "payload_fit.json").read_text())
 
 
 def _two_term(totals: dict[str, dict[str, float]], delta: dict[str, float], names: tuple[str, str],
-              workers: int) -> tuple[float, float]:
-    """Both points: delta_p = N x (w_step x steps_p + w_seq x seq_steps_p), a 2x2 linear system."""
-    (s1, n1), (s2, n2) = ((totals[k]["steps"], totals[k]["seq_steps"]) for k in names)
+              workers: int, unit: str) -> tuple[float, float]:
+    """Both points: delta_p = N x (w_step x steps_p + x x unit_p), a 2x2 linear system in (w_step, x)."""
+    (s1, n1), (s2, n2) = ((totals[k]["steps"], totals[k][unit]) for k in names)
     det = s1 * n2 - s2 * n1
     if det == 0:
-        raise ValueError("the two points' schedules are proportional: they cannot separate w_step from w_seq")
+        raise ValueError("the two points' schedules are proportional: they cannot separate w_step from the rest")
     d1, d2 = (delta[k] for k in names)
     return (d1 * n2 - d2 * n1) / det / workers, (s1 * d2 - s2 * d1) / det / workers
 
 
-def era_throughput(overrides: list[str], ray: bool) -> float:
-    """Request throughput paper-era mode predicts for one workload under :data:`ENGINE`, with the
-    Ray terms (the PR's "before" engine) or without them ("after")."""
+def era_throughput(overrides: list[str]) -> float:
+    """Request throughput paper-era mode predicts for one workload under :data:`ENGINE` without its Ray
+    terms: the PR's "after" engine, which had no Ray calls per step."""
     from kvlab.calibrate.runs import compose, run_workload
 
-    off = [] if ray else [f"hardware.{key}=0" for key in YAML_KEYS.values()]
+    off = [f"hardware.{key}=0" for key in YAML_KEYS.values()]
     return float(run_workload(compose([*ENGINE, *overrides, ERA, *off]))["metrics"]["request_throughput"])
 
 
-def era_check(predict: Callable[[list[str], bool], float] = era_throughput) -> dict[str, Any]:
+def era_check(predict: Callable[[list[str]], float] = era_throughput) -> dict[str, Any]:
     """A check of the whole mode on the PR's runs, used by nothing: paper-era's predicted throughput
-    beside the published one, after (no Ray terms) and before (with them)."""
+    without the Ray terms beside the "after" engine's. (No "before" check: the mode's Ray terms carry
+    the paper engine's payload, not v0.2.6's.)"""
     out = {}
     for name, p in POINTS.items():
-        for when, ray in (("after", False), ("before", True)):
-            pred, pub = predict(p["overrides"], ray), p[f"{when}_req_s"]
-            out[f"{name}/{when}"] = {"predicted_req_s": pred, "published_req_s": pub,
-                                     "error_pct": 100 * (pred / pub - 1)}
+        pred, pub = predict(p["overrides"]), p["after_req_s"]
+        out[f"{name}/after"] = {"predicted_req_s": pred, "published_req_s": pub, "error_pct": 100 * (pred / pub - 1)}
     return out
 
 
 def run(root: Path, totals_of: Callable[[list[str]], dict[str, float]] = schedule_totals,
-        predict: Callable[[list[str], bool], float] | None = era_throughput) -> dict[str, Any]:
+        predict: Callable[[list[str]], float] | None = era_throughput) -> dict[str, Any]:
     """Simulate both workloads' schedules, derive, and (``predict``) check the paper-era mode on
     the PR's runs; writes ``root/tp_fit.json``."""
     out = derive({k: totals_of(p["overrides"]) for k, p in POINTS.items()})
@@ -147,7 +181,7 @@ def run(root: Path, totals_of: Callable[[list[str]], dict[str, float]] = schedul
 
 
 def yaml_values(path: Path = ERA_YAML) -> dict[str, float]:
-    """The two worker terms as ``conf/experiment/era/paper2023.yaml`` sets them."""
+    """The worker terms as ``conf/experiment/era/paper2023.yaml`` sets them."""
     from omegaconf import OmegaConf
 
     hw = OmegaConf.load(path)["hardware"]
@@ -166,10 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     for form, f in out["forms"].items():
         print(f"one-term {form:9s} {f['us_per_worker']:9.1f} µs per worker (ShareGPT point); held-out "
               f"before {f['held_out_before_req_s']:.3f} req/s ({f['held_out_error_pct']:+.1f}%)")
-    print("two-term (both points), set in conf/experiment/era/paper2023.yaml:")
+    c = out["constant_seq"]
+    print(f"two-term with a constant per-sequence cost (for the record): w_step {c[YAML_KEYS['w_step']]} µs, "
+          f"w_seq {c[YAML_KEYS['w_seq']]} µs per worker")
+    r = out["two_term_range_5pct"]
+    print(f"measured payload shape (v0.2.6 sent every token id): w_step and payload scale "
+          f"{out['payload_scale']} (ranges {r[YAML_KEYS['w_step']]} µs, {r['payload_scale']}); "
+          "set in conf/experiment/era/paper2023.yaml, with the paper engine's payload:")
     for key, v in out["two_term"].items():
-        lo, hi = out["two_term_range_5pct"][key]
-        print(f"  {key}: {v}   # {lo}-{hi} with any one schedule total moved by 5%")
+        print(f"  {key}: {v}")
     for key, c in out["era_check"].items():
         print(f"check (used by nothing): paper-era mode predicts {key} {c['predicted_req_s']:.2f} req/s, "
               f"published {c['published_req_s']:.2f} ({c['error_pct']:+.0f}%)")
