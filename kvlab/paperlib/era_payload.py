@@ -109,7 +109,8 @@ def measure(layout: str, repeats: int = 21, seed: int = 0) -> list[dict[str, flo
     for n in GRID_N:
         for k in GRID_INTS:
             payload = [build(i, [rng.randrange(32000) for _ in range(k)]) for i in range(n)]
-            rows.append({"n": n, "tokens": k, "ints": n * ints_per_seq(k), "seconds": time_round_trip(payload, repeats)})
+            seconds = time_round_trip(payload, repeats)
+            rows.append({"n": n, "tokens": k, "ints": n * ints_per_seq(k), "seconds": seconds})
     return rows
 
 

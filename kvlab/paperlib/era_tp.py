@@ -122,8 +122,9 @@ def derive(totals: dict[str, dict[str, float]], payload: dict[str, Any] | None =
     spread = [solve({k: {**v, u: v[u] * f} if k == name else v for k, v in totals.items()}, v026)
               for name in totals for u in ("steps", "seq_steps", "context_tokens") for f in (0.95, 1.05)]
     spread += [solve(totals, {**v026, "seq_us": v026["seq_us"] * f}) for f in (0.8, 1.2)]
-    ranges = {YAML_KEYS["w_step"]: [round(1e6 * min(w for w, _ in spread), 1), round(1e6 * max(w for w, _ in spread), 1)],
-              "payload_scale": [round(min(x for _, x in spread), 3), round(max(x for _, x in spread), 3)]}
+    steps, scales = [w for w, _ in spread], [x for _, x in spread]
+    ranges = {YAML_KEYS["w_step"]: [round(1e6 * min(steps), 1), round(1e6 * max(steps), 1)],
+              "payload_scale": [round(min(scales), 3), round(max(scales), 3)]}
     return {"source": SOURCE, "workers": workers, "points": POINTS, "engine": ENGINE, "totals": totals,
             "delta_s": delta, "payload_fit": {"v0.2.6": v026, "cacheflow_2023": paper},
             "payload_scale": round(scale, 4), "forms": forms, "constant_seq": constant_seq,
