@@ -4,14 +4,16 @@ The datasheet roofline simulator has no serving-engine overhead, so its absolute
 about half the paper's and its capacities 2-8x higher. Paper-era mode adds the host work of a
 Python serving engine to every step (``kvlab.executor.cost_model.CostModel.step_time``)::
 
-    t_host(n) = k x (host_step + host_seq x n) + N x (w_step + w_seq x n)
-                n = sequences in the step, N = tensor-parallel workers (that term only for N >= 2)
+    t_host(n) = k x (host_step + host_seq x n) + N x (w_step + w_seq x n + w_int x i)
+                n = sequences in the step, i = ints its worker calls carry,
+                N = tensor-parallel workers (that term only for N >= 2)
 
 ``host_step`` and ``host_seq`` are kvlab's own engine's host costs MEASURED by
 ``python -m kvlab.calibrate`` (the committed profile's ``host_overhead``); ``k`` is FITTED on ONE
 point of the paper, Fig. 12(a)'s vLLM at 1.0 req/s (:data:`kvlab.paperlib.era_fit.FIT_POINT`, fit
-in :mod:`kvlab.paperlib.era_fit`); ``w_step`` and ``w_seq``, the 2023 engine's Ray control plane,
-are DERIVED outside the paper from vLLM PR #2221's published throughputs (:mod:`kvlab.paperlib.era_tp`);
+in :mod:`kvlab.paperlib.era_fit`); ``w_step``, ``w_seq`` and ``w_int``, the 2023 engine's Ray control
+plane, are DERIVED outside the paper from vLLM PR #2221's published throughputs and the two engines'
+measured payloads (:mod:`kvlab.paperlib.era_tp`, :mod:`kvlab.paperlib.era_payload`);
 and on N >= 2 GPUs each all-reduce costs the engine's NCCL path ``a`` more than the datasheet's
 link latency, DERIVED from vLLM PR #2192's published latencies (:mod:`kvlab.paperlib.era_allreduce`).
 Then every Fig. 12 panel's capacity is predicted with no further
@@ -122,16 +124,18 @@ def section(root: Path = ROOT) -> list[str]:
     base = fitted.get("host_base", {})
     one_gpu = int((t[t["panel"].isin(["a", "d"])]["era_error_pct"].abs() <= 25).sum())
     tp_within = int((t[t["panel"].isin(list("bcef"))]["era_error_pct"].abs() <= 25).sum())
+    ft_tp = ", ".join(f"({r.panel}) {r.era_error_pct:+.0f}%" for r in t.itertuples()
+                      if r.system == "ft" and r.panel in "bcef" and abs(r.era_error_pct) > 25) or "none"
     tp = json.loads((root / "tp_fit.json").read_text()) if (root / "tp_fit.json").exists() else {}
     ar = json.loads((root / "allreduce_fit.json").read_text()) if (root / "allreduce_fit.json").exists() else {}
     ar_rows = list(ar.get("per_call_saving_us", {}).values()) or [math.nan, math.nan]
     two = tp.get("two_term", {})
-    one = {f: v.get("held_out_error_pct", math.nan) for f, v in tp.get("forms", {}).items()}
     return ["### Paper-era mode: the 2023 engine's host overheads, one fitted constant", "",
             "The tables above are the **datasheet roofline** mode (the default). In **paper-era** mode "
             "(`+experiment/era=paper2023`, `kvlab/paperlib/era.py`, docs/simulator.md) every step also pays the "
             "host work of a Python serving engine, `t_host(n) = k x (host_step + host_seq x n) + N x (w_step + "
-            "w_seq x n)` for n sequences in the step and N tensor-parallel workers (the N term only when N >= 2), "
+            "w_seq x n + w_int x i)` for n sequences in the step, i ints in its worker calls (input tokens and "
+            "block-table entries) and N tensor-parallel workers (the N term only when N >= 2), "
             "and on N >= 2 GPUs each of a step's 2 x layers all-reduces costs `a` more than the datasheet's link "
             "latency. "
             f"`host_step` = {base.get('step_us', math.nan):.0f} µs and `host_seq` = "
@@ -142,12 +146,14 @@ def section(root: Path = ROOT) -> list[str]:
             f"{fitted.get('engine_step_overhead_us', math.nan) / 1e3:.2f} ms per step + "
             f"{fitted.get('engine_per_seq_us', math.nan):.0f} µs per sequence. `w_step` = "
             f"**{two.get('engine_per_worker_step_us', math.nan) / 1e3:.2f} ms** and `w_seq` = "
-            f"**{two.get('engine_per_worker_seq_us', math.nan):.1f} µs** per worker, the 2023 engine's Ray control "
-            "plane, are DERIVED from a measurement outside the paper: vLLM PR #2221's LLaMA-70B throughput on 8 "
-            "A100-40GB with Ray calls and with NCCL broadcast, on two workloads (ShareGPT 3.01 vs 5.08 req/s; "
-            "1031/317 tokens 2.48 vs 3.48), solved together (one-term simplifications fitted on ShareGPT alone "
-            f"predict the other point within {one.get('per_seq', math.nan):+.1f}% per sequence and "
-            f"{one.get('per_step', math.nan):+.1f}% per step; `python -m kvlab.paperlib.era_tp`, "
+            f"**{two.get('engine_per_worker_seq_us', math.nan):.2f} µs** per worker (plus "
+            f"{1e3 * two.get('engine_per_worker_int_us', math.nan):.1f} ns per int of the step's input tokens and "
+            "block tables), the 2023 engine's Ray control plane, are DERIVED from a measurement outside the paper: "
+            "vLLM PR #2221's LLaMA-70B throughput on 8 A100-40GB with Ray calls and with NCCL broadcast, on two "
+            "workloads (ShareGPT 3.01 vs 5.08 req/s; 1031/317 tokens 2.48 vs 3.48), solved together with the "
+            "per-sequence payload's shape MEASURED (v0.2.6 sent every sequence's full token lists each step, the "
+            "paper's engine only its new tokens: `python -m kvlab.paperlib.era_payload`; the payload scale is "
+            f"{tp.get('payload_scale', math.nan):.3f}; `python -m kvlab.paperlib.era_tp`, "
             "`results/paper/era2023/tp_fit.json`). "
             f"`a` = **{ar.get('engine_allreduce_us', math.nan):.1f} µs** per all-reduce, the engine's NCCL path "
             "beyond the datasheet's ~10 µs, is DERIVED from a second measurement outside the paper: vLLM PR "
@@ -165,14 +171,11 @@ def section(root: Path = ROOT) -> list[str]:
             + (f" Misses: {misses}." if misses else ""), "",
             f"Where it misses: on one GPU (panels a, d) {one_gpu} of 10 land within 25%: the per-sequence share "
             "of the engine's host work carries from ShareGPT's ~30-sequence batches to Alpaca's ~150. On "
-            f"several GPUs (panels b, c, e, f) {tp_within} of 20 land within 25%: the Ray term and the all-reduce "
-            "term bring OPT-175B/ShareGPT (c) and the Orca rows on 66B/ShareGPT (b) in, but the largest batches, "
-            "Alpaca on 175B (f), come out low and Orca (Pow2) on 66B/Alpaca (e) high: the per-sequence parts "
-            "(kvlab's host shape scaled by `k`, and the Ray metadata `w_seq`) weigh more at ~150 sequences per "
-            "step than the paper's numbers show. The PR #2221 numbers also allow a one-term per-step Ray form "
-            "(see the diagnostics for how far that changes the count); choosing the form "
-            "by these capacities would fit the figure being predicted, which this mode refuses. "
-            "FasterTransformer on OPT-175B (c, f) is about 4-5x too high: the paper's FT sustains about the same "
+            f"several GPUs (panels b, c, e, f) {tp_within} of 20 land within 25%: with the Ray call a fixed cost per "
+            "step and worker (the PR's two points, read with each engine's measured payload) and the engine's "
+            "all-reduce, the small-batch rows on 66B (b) and the large-batch rows on 175B/Alpaca (f) both land; "
+            f"the TP rows that miss are FasterTransformer's ({ft_tp}). "
+            "FasterTransformer on OPT-175B (c, f) is about 2-3x too high: the paper's FT sustains about the same "
             "rate on 175B/8 GPUs as on 66B/4 GPUs although it has 12x the KV memory, which no memory-sized batch "
             "explains (its batch size B is unstated, `vllm-paper.md` 2.5). The issue's target (every panel "
             "within 25%) is NOT met.", ""]

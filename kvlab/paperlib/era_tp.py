@@ -13,18 +13,25 @@ the scheduler and the KV pool only), so what the Ray calls cost over a run is::
     delta = num_requests / before - num_requests / after          seconds
 
 and the run's steps (simulated with vLLM v0.2.6's scheduler, :data:`ENGINE`) must explain it.
-Per step, for N workers and n sequences in the step, the mode's form is the mechanism's::
+Per step, for N workers, the mode's form is the mechanism's::
 
-    N x (w_step + w_seq x n)     a Ray call per worker, plus its metadata (grows with n)
+    N x (w_step + scale x payload(step))     a Ray call per worker, plus its serialized metadata
 
-Two points fix two constants: ``w_step`` and ``w_seq`` are solved from both PR points together
-(``two_term``) and become ``hardware.engine_per_worker_step_us`` / ``engine_per_worker_seq_us`` in
-``conf/experiment/era/paper2023.yaml``; Fig. 12 is then predicted without looking back. That leaves
-no PR point held out, so the derivation also reports each one-term form fitted on the ShareGPT point
-and judged on the other (``per_step``, ``per_seq``): how far either simplification is from the data.
+``payload(step)`` is what v0.2.6 sent: for every scheduled sequence a group object and its FULL
+token lists and block table, so it grows with each sequence's context. Its shape (µs per
+sequence, µs per int) is MEASURED by :mod:`kvlab.paperlib.era_payload` (pickle round trips of
+stand-ins with v0.2.6's fields); the two PR points then fix ``w_step`` and ``scale`` together. The
+paper's engine sent less per sequence (a prompt's tokens once, then only the last token, and the
+block table), so the mode's per-sequence and per-int worker costs are ``scale`` times THAT
+layout's measured costs: ``hardware.engine_per_worker_step_us`` / ``engine_per_worker_seq_us`` /
+``engine_per_worker_int_us`` in ``conf/experiment/era/paper2023.yaml``; Fig. 12 is then predicted
+without looking back. For the record the derivation also solves the form with a constant
+per-sequence cost (``constant_seq``, the mode's form until 2026-12-07) and each one-term form fitted
+on the ShareGPT point and judged on the other (``per_step``, ``per_seq``).
 Assumptions, stated: the paper's engine (2023, the same Ray ``_run_workers`` design) paid the same
-cost per worker as v0.2.6, and the cost scales with the number of workers (the driver serialized
-one call per worker). ``python -m kvlab.paperlib.era_tp`` writes ``results/paper/era2023/tp_fit.json``.
+per call and the same per serialized byte as v0.2.6 (``scale`` carries both engines' hosts), and the
+cost scales with the number of workers (the driver serialized one call per worker).
+``python -m kvlab.paperlib.era_tp`` writes ``results/paper/era2023/tp_fit.json``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from kvlab.paperlib import era_payload
-from kvlab.paperlib.era_fit import ERA, ERA_YAML
+from kvlab.paperlib.era_fit import ERA, ERA_YAML, REPO
 
 SOURCE = "https://github.com/vllm-project/vllm/pull/2221 (description, 2023-12-20)"
 WORKERS = 8  # LLaMA-70B on 8x A100-40G, tensor parallel 8
@@ -57,6 +64,7 @@ POINTS = {
                        "overrides": ["workload=fixed", "workload.num_requests=512", "workload.prompt_len=1031",
                                      "workload.output_len=317"]},
 }
+PAYLOAD_JSON = REPO / "results" / "paper" / "era2023" / "payload_fit.json"
 FORMS = {"per_step": "steps", "per_seq": "seq_steps"}  # one-term forms: what they are summed over
 YAML_KEYS = {"w_step": "engine_per_worker_step_us", "w_seq": "engine_per_worker_seq_us",
              "w_int": "engine_per_worker_int_us"}
@@ -131,11 +139,9 @@ def derive(totals: dict[str, dict[str, float]], payload: dict[str, Any] | None =
             "two_term": two, "two_term_range_5pct": ranges}
 
 
-def load_payload() -> dict[str, Any]:
-    """The committed payload measurement (``results/paper/era2023/payload_fit.json``)."""
-    from kvlab.paperlib.era import ROOT
-
-    return json.loads((ROOT / "payload_fit.json").read_text())
+def load_payload(path: Path = PAYLOAD_JSON) -> dict[str, Any]:
+    """The committed payload measurement (``python -m kvlab.paperlib.era_payload``)."""
+    return json.loads(path.read_text())
 
 
 def _two_term(totals: dict[str, dict[str, float]], delta: dict[str, float], names: tuple[str, str],

@@ -28,7 +28,8 @@ def test_sweep_jobs_set_one_knob_each_and_never_share_a_run() -> None:
         assert [o for o in j.overrides if o.startswith(knob_keys)] == want
         assert "+experiment/era=paper2023" in j.overrides
     # the per-step form replaces the mode's two terms with its one constant and no per-sequence part
-    assert ray[0].overrides[-1].endswith("engine_per_worker_seq_us=0.0")
+    assert ray[0].overrides[-2].endswith("engine_per_worker_seq_us=0.0")
+    assert ray[0].overrides[-1].endswith("engine_per_worker_int_us=0")
     # a swept all-reduce value is the whole per-call cost: the derived engine term is switched off
     assert tp[0].overrides[-2:] == ["hardware.interconnect_latency_us=100.0", "hardware.engine_allreduce_us=0"]
     assert len({j.key for j in jobs}) == len(jobs)
@@ -41,7 +42,7 @@ def test_sweep_jobs_set_one_knob_each_and_never_share_a_run() -> None:
     assert all(j.sweep is None and j.rates == [sens.LOWLOAD_RATE[j.panel]] for j in low)
     assert len({j.key for j in low}) == len(low)
     form = [j for j in low if "ray_form" in j.tags]
-    assert all(j.overrides[-2:] == sens.ray_form_overrides("per_seq") for j in form)
+    assert all(j.overrides[-3:] == sens.ray_form_overrides("per_seq") for j in form)
 
 
 def _base() -> pd.DataFrame:
