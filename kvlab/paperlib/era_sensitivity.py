@@ -11,8 +11,9 @@ term derived from vLLM PR #2192. Its misses sit where none of them says anything
    latency plus the engine's 46.2 µs per call derived from vLLM PR #2192
    (:mod:`kvlab.paperlib.era_allreduce`). It stands for any per-layer multi-GPU cost; per step it is
    ``2 x layers x value`` (OPT-66B 128 all-reduces, OPT-175B 192). Only the TP panels (b, c, e, f) change.
-1b. **The Ray term's form.** The mode solves a per-step and a per-sequence Ray cost from the PR's two
-   points together; ``ray_form`` swaps in either one-term form fitted on the PR's ShareGPT point
+1b. **The Ray term's form.** The mode solves a per-step Ray cost and a scale on the measured
+   per-sequence payload from the PR's two points together; ``ray_form`` swaps in either one-term
+   form fitted on the PR's ShareGPT point
    alone (``tp_fit.json``'s ``forms``), to show how much the prediction rests on that choice.
 2. **FasterTransformer's batch cap B on OPT-175B** (panels c, f): the paper says only "as large as
    possible according to the GPU memory capacity"; memory would allow about 29 requests of 2048
@@ -87,7 +88,7 @@ def allreduce_overrides(us: float) -> list[str]:
 
 
 def ray_form_overrides(form: str) -> list[str]:
-    """The one-term Ray form ``form`` of ``tp_fit.json`` in place of the mode's two terms."""
+    """The one-term Ray form ``form`` of ``tp_fit.json`` in place of the mode's Ray terms."""
     import json
 
     w = json.loads((era.ROOT / "tp_fit.json").read_text())["forms"][form]["us_per_worker"]
@@ -116,7 +117,7 @@ def lowload_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, num_requests: int
 
 def lowload_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Low-load normalized latency per (value, Ray form, panel) beside the paper's digitized range
-    (``ray_form`` "" = the mode's own two terms)."""
+    (``ray_form`` "" = the mode's own Ray terms)."""
     out = []
     for r in rows.itertuples():
         lo = numbers.value("fig12", "low_load_latency_min", r.panel, "vllm", LOWLOAD_RATE[r.panel])
@@ -236,7 +237,7 @@ def section(root: Path = ROOT) -> list[str]:
                   "paper's range at: " + (", ".join(f"{v:g} µs" for v, g in low.groupby("allreduce_us")
                                                    if g["in_range"].all()) or "no value") + ".", ""]
         if len(forms):
-            lines += ["The same observable with the Ray term's one-term forms in place of the mode's two terms "
+            lines += ["The same observable with the Ray term's one-term forms in place of the mode's Ray terms "
                       "(the prediction's all-reduce): " + "; ".join(
                           f"{f}: " + ", ".join(f"({r.panel}) {float(r.normalized_latency):.3f}" for r in g.itertuples())
                           + (" (in range)" if g["in_range"].all() else "")
