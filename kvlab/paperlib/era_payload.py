@@ -7,9 +7,10 @@ between the two engines, and the difference is the point of this module:
 * **vLLM v0.2.6** (the engine vLLM PR #2221 measured): per sequence group a ``SequenceGroupMetadata``
   (request id, is_prompt, ``seq_data``, sampling params, block tables), where ``seq_data`` maps each
   sequence to a ``SequenceData`` holding its FULL prompt and output token lists, every step; the
-  sampling params object has 22 fields (n, best_of, three penalties, temperature, top_p, top_k,
+  sampling params object has some 20 fields (n, best_of, three penalties, temperature, top_p, top_k,
   min_p, beam flags, stop strings and ids, ignore_eos, max_tokens, logprobs, detokenization flags,
-  logits processors).
+  logits processors; the stand-in has 22, recalled rather than read field by field, and the
+  derivation is insensitive to it: ``era_tp`` reports w_step with this object cost moved +-20%).
 * **the paper's engine** (CacheFlow, 2023; ``cacheflow/master/scheduler.py``, read through the code
   search): per group a ``SequenceGroupInputs`` (group id, is_prompt, ``input_tokens``, context length,
   cumulative logprobs, sampling params, block tables), where ``input_tokens`` holds a prompt's tokens
