@@ -111,10 +111,11 @@ class CostModel:
         self.engine_per_seq_s = hw.engine_per_seq_s
         # driving tp workers: the paper-era engine's per-step Ray calls (docs/simulator.md), whose
         # payload per int is counted over the step's input tokens and block-table entries
-        self.engine_per_int_s = tp * hw.engine_per_worker_int_s if tp > 1 else 0.0
+        self.engine_per_int_s = 0.0
         if tp > 1:
             self.engine_step_s += tp * hw.engine_per_worker_step_s
             self.engine_per_seq_s += tp * hw.engine_per_worker_seq_s
+            self.engine_per_int_s = tp * hw.engine_per_worker_int_s
         # Swap: vLLM keeps one K and one V tensor per layer, and copies block by block, so one
         # block is 2 x layers cudaMemcpyAsync calls of block_size x kv_heads x head_dim x dtype.
         self.copies_per_block = 2 * layers

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -96,6 +97,11 @@ def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, panels: str = "
     return table
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A derivation's json, or {} where it has not been run (the report then prints nan)."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def section(root: Path = ROOT) -> list[str]:
     """The paper report's Markdown section for this mode ([] if it has not been run)."""
     path, fitp = root / "fig12_capacity.csv", root / "fit.json"
@@ -105,7 +111,7 @@ def section(root: Path = ROOT) -> list[str]:
         {"era_bound": "", "roofline_bound": "", "note": ""})
     order = {s: i for i, s in enumerate(("ft", "orca_max", "orca_pow2", "orca_oracle", "vllm"))}
     t = t.sort_values(["panel", "system"], key=lambda c: c.map(order) if c.name == "system" else c)
-    fitted = json.loads(fitp.read_text()) if fitp.exists() else {}
+    fitted = _read_json(fitp)
     show = pd.DataFrame({
         "panel": t["panel"], "system": t["system"],
         "roofline capacity (0.25)": [f"{b}{v:.3g}" for v, b in zip(t["roofline_capacity"], t["roofline_bound"])],
@@ -126,8 +132,7 @@ def section(root: Path = ROOT) -> list[str]:
     tp_within = int((t[t["panel"].isin(list("bcef"))]["era_error_pct"].abs() <= 25).sum())
     ft_tp = ", ".join(f"({r.panel}) {r.era_error_pct:+.0f}%" for r in t.itertuples()
                       if r.system == "ft" and r.panel in "bcef" and abs(r.era_error_pct) > 25) or "none"
-    tp = json.loads((root / "tp_fit.json").read_text()) if (root / "tp_fit.json").exists() else {}
-    ar = json.loads((root / "allreduce_fit.json").read_text()) if (root / "allreduce_fit.json").exists() else {}
+    tp, ar = _read_json(root / "tp_fit.json"), _read_json(root / "allreduce_fit.json")
     ar_rows = list(ar.get("per_call_saving_us", {}).values()) or [math.nan, math.nan]
     two = tp.get("two_term", {})
     return ["### Paper-era mode: the 2023 engine's host overheads, one fitted constant", "",

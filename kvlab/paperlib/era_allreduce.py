@@ -36,7 +36,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from kvlab.paperlib.era_fit import ERA_YAML
+from kvlab.paperlib.era_fit import ERA_YAML, yaml_hardware
 
 SOURCE = "https://github.com/vllm-project/vllm/pull/2192 (description, 2023-12-19: 'Latency and memory' table)"
 YAML_KEY = "engine_allreduce_us"
@@ -68,9 +68,7 @@ def derive(rows: dict[str, dict[str, float]] = ROWS) -> dict[str, Any]:
 
 def yaml_value(path: Path = ERA_YAML) -> float:
     """``engine_allreduce_us`` as ``conf/experiment/era/paper2023.yaml`` sets it."""
-    from omegaconf import OmegaConf
-
-    return float(OmegaConf.load(path)["hardware"][YAML_KEY])
+    return yaml_hardware((YAML_KEY,), path)[YAML_KEY]
 
 
 def run(root: Path) -> dict[str, Any]:

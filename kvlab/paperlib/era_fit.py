@@ -20,7 +20,7 @@ kvlab's. Why the shape and not a free per-sequence constant: one point fixes one
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +90,14 @@ def fit(root: Path, num_requests: int = 500, tol: float = 0.0005, base: dict[str
     return out
 
 
-def yaml_terms(path: Path = ERA_YAML) -> dict[str, float]:
-    """The two host terms as ``conf/experiment/era/paper2023.yaml`` sets them."""
+def yaml_hardware(keys: Iterable[str], path: Path = ERA_YAML) -> dict[str, float]:
+    """The ``hardware`` values ``keys`` as ``conf/experiment/era/paper2023.yaml`` sets them."""
     from omegaconf import OmegaConf
 
     hw = OmegaConf.load(path)["hardware"]
-    return {"engine_step_overhead_us": float(hw["engine_step_overhead_us"]),
-            "engine_per_seq_us": float(hw["engine_per_seq_us"])}
+    return {key: float(hw[key]) for key in keys}
+
+
+def yaml_terms(path: Path = ERA_YAML) -> dict[str, float]:
+    """The two host terms as ``conf/experiment/era/paper2023.yaml`` sets them."""
+    return yaml_hardware(("engine_step_overhead_us", "engine_per_seq_us"), path)

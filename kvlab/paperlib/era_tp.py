@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from kvlab.paperlib import era_payload
-from kvlab.paperlib.era_fit import ERA, ERA_YAML, REPO
+from kvlab.paperlib.era_fit import ERA, ERA_YAML, REPO, yaml_hardware
 
 SOURCE = "https://github.com/vllm-project/vllm/pull/2221 (description, 2023-12-20)"
 WORKERS = 8  # LLaMA-70B on 8x A100-40G, tensor parallel 8
@@ -189,10 +189,7 @@ def run(root: Path, totals_of: Callable[[list[str]], dict[str, float]] = schedul
 
 def yaml_values(path: Path = ERA_YAML) -> dict[str, float]:
     """The worker terms as ``conf/experiment/era/paper2023.yaml`` sets them."""
-    from omegaconf import OmegaConf
-
-    hw = OmegaConf.load(path)["hardware"]
-    return {key: float(hw[key]) for key in YAML_KEYS.values()}
+    return yaml_hardware(YAML_KEYS.values(), path)
 
 
 def main(argv: list[str] | None = None) -> int:
