@@ -105,7 +105,8 @@ def _nl(row: dict[str, Any]) -> float:
 def run_job(job: Job, root: str, resume: bool = True) -> list[dict[str, Any]]:
     """All runs of ``job``: its fixed rate(s), or a sweep. A sweep first runs the trace with every
     request at t=0 (its steady completion rate X is the saturated capacity), then at
-    ``fractions`` x X, and at ``extend`` x X if no point crossed the threshold yet."""
+    ``fractions`` x X, and at ``extend`` x X if no point crossed the threshold yet; then, while the
+    last point is above the threshold, at each of ``descend`` x X in turn (a crossing below X)."""
     base = Path(root)
     cfg = compose(job.overrides + ["show_progress=false"])
     if job.sweep is None:
@@ -120,4 +121,8 @@ def run_job(job: Job, root: str, resume: bool = True) -> list[dict[str, Any]]:
     ext = job.sweep.get("extend")
     if ext and all(_nl(r) <= job.threshold for r in rows[1:]):
         rows.append(run_point(job, round(float(ext) * x, 4), base, resume, cfg))
+    for f in job.sweep.get("descend") or ():  # walk down until a point is back under the threshold
+        if _nl(rows[-1]) <= job.threshold:
+            break
+        rows.append(run_point(job, round(f * x, 4), base, resume, cfg))
     return rows
