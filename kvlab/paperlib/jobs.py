@@ -71,12 +71,19 @@ def run_point(job: Job, rate: float | None, root: Path, resume: bool = True,
     returns its summary row (cached in ``row.json``). ``cfg``: the job's composed config."""
     from kvlab.experiment import run_experiment
 
-    out = root / "runs" / job.key / ("saturation" if rate is None else f"rate-{rate:g}")
+    trace = (job.sweep or {}).get("trace") if rate is not None else None
+    name = "saturation" if rate is None else f"rate-{rate:g}"
+    if trace:  # a rate run on a trace of a fixed duration (the paper's), not of num_requests
+        name += f"-{trace['duration_s']:g}s-warmup{trace.get('warmup_s', 0.0):g}s"
+    out = root / "runs" / job.key / name
     row_path = out / "row.json"
     if resume and row_path.exists():
         return json.loads(row_path.read_text())
     cfg = copy.deepcopy(cfg or compose(job.overrides + ["show_progress=false"]))
     cfg["workload"]["rate"] = rate
+    if trace:
+        cfg["workload"].update(num_requests=None, duration_s=float(trace["duration_s"]),
+                               warmup_s=float(trace.get("warmup_s", 0.0)))
     t = time.perf_counter()
     res = run_experiment(cfg, out)
     m = res["metrics"]
@@ -105,8 +112,12 @@ def _nl(row: dict[str, Any]) -> float:
 def run_job(job: Job, root: str, resume: bool = True) -> list[dict[str, Any]]:
     """All runs of ``job``: its fixed rate(s), or a sweep. A sweep first runs the trace with every
     request at t=0 (its steady completion rate X is the saturated capacity), then at
-    ``fractions`` x X, and at ``extend`` x X if no point crossed the threshold yet; then, while the
-    last point is above the threshold, at each of ``descend`` x X in turn (a crossing below X)."""
+    ``fractions`` x X, and at ``extend`` x X if no point crossed the threshold yet; then, from the
+    last point, at each of ``descend`` x X in turn while it is over the threshold (a crossing below
+    X), or of ``ascend`` x X while it is under (a crossing above it). ``trace`` (``duration_s``,
+    ``warmup_s``) runs every rate point on a trace of that duration instead of ``num_requests``;
+    ``refine`` bisects the bracketing pair of rates that many times (a linear interpolation between
+    points 0.1 X apart reads a hockey-stick curve's crossing low)."""
     base = Path(root)
     cfg = compose(job.overrides + ["show_progress=false"])
     if job.sweep is None:
@@ -121,8 +132,17 @@ def run_job(job: Job, root: str, resume: bool = True) -> list[dict[str, Any]]:
     ext = job.sweep.get("extend")
     if ext and all(_nl(r) <= job.threshold for r in rows[1:]):
         rows.append(run_point(job, round(float(ext) * x, 4), base, resume, cfg))
-    for f in job.sweep.get("descend") or ():  # walk down until a point is back under the threshold
-        if _nl(rows[-1]) <= job.threshold:
-            break
+    over = _nl(rows[-1]) > job.threshold
+    for f in job.sweep.get("descend" if over else "ascend") or ():  # walk until the threshold is crossed
         rows.append(run_point(job, round(f * x, 4), base, resume, cfg))
+        if (_nl(rows[-1]) > job.threshold) != over:
+            break
+    for _ in range(int(job.sweep.get("refine") or 0)):  # bisect the bracketing pair of rates
+        pts = sorted((r["rate"], _nl(r)) for r in rows[1:])
+        pair = next(((r0, r1) for (r0, v0), (r1, v1) in zip(pts, pts[1:])
+                     if v0 <= job.threshold < v1), None)
+        mid = None if pair is None else round((pair[0] + pair[1]) / 2, 4)
+        if mid is None or mid in (pair[0], pair[1]):
+            break
+        rows.append(run_point(job, mid, base, resume, cfg))
     return rows

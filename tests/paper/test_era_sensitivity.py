@@ -63,7 +63,7 @@ def test_summary_replaces_only_the_rows_its_knob_changes() -> None:
 
 def test_section_reports_both_observables(tmp_path: Path) -> None:
     root = tmp_path / "sensitivity"
-    _base().to_csv(tmp_path / "fig12_capacity.csv", index=False)
+    _base().to_csv(tmp_path / sens.BASELINE, index=False)
     pd.DataFrame({"knob": ["allreduce_us", "ft_batch"], "value": [150.0, 2.0], "panel": ["b", "c"],
                   "system": ["vllm", "ft"], "era_error_pct": [0.0, 5.0]}).to_csv(tmp_path / "sensitivity.csv")
     assert sens.section(root)[0].startswith("#### What the misses imply")
