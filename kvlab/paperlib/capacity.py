@@ -15,17 +15,25 @@ import pandas as pd
 NL = "normalized_latency_s_per_token"
 
 
+def bracket(rates: list[float], values: list[float], threshold: float
+            ) -> tuple[list[tuple[float, float]], tuple[tuple[float, float], tuple[float, float]] | None]:
+    """(points sorted by rate, missing values as inf; the first adjacent pair whose value goes from
+    at most ``threshold`` to above it, or None)."""
+    pts = sorted((r, math.inf if v is None or v != v else v) for r, v in zip(rates, values))
+    return pts, next(((p0, p1) for p0, p1 in zip(pts, pts[1:]) if p0[1] <= threshold < p1[1]), None)
+
+
 def crossing(rates: list[float], values: list[float], threshold: float) -> tuple[float, str]:
     """(capacity, note). ``note`` is "" for a bracketed crossing, ">" when every point is below
     (capacity is at least the largest rate), "<" when every point is above."""
-    pts = sorted((r, math.inf if v is None or v != v else v) for r, v in zip(rates, values))
+    pts, pair = bracket(rates, values, threshold)
     if not pts:
         return math.nan, "no runs"
-    for (r0, v0), (r1, v1) in zip(pts, pts[1:]):
-        if v0 <= threshold < v1:
-            if math.isinf(v1):
-                return r0, ""
-            return r0 + (threshold - v0) * (r1 - r0) / (v1 - v0), ""
+    if pair is not None:
+        (r0, v0), (r1, v1) = pair
+        if math.isinf(v1):
+            return r0, ""
+        return r0 + (threshold - v0) * (r1 - r0) / (v1 - v0), ""
     if pts[-1][1] <= threshold:
         return pts[-1][0], ">"
     return pts[0][0], "<"

@@ -17,10 +17,10 @@ measured payloads (:mod:`kvlab.paperlib.era_tp`, :mod:`kvlab.paperlib.era_payloa
 and on N >= 2 GPUs each all-reduce costs the engine's NCCL path ``a`` more than the datasheet's
 link latency, DERIVED from vLLM PR #2192's published latencies (:mod:`kvlab.paperlib.era_allreduce`).
 Then every Fig. 12 panel's capacity is predicted with no further
-tuning -- as the saturated throughput X, or the crossing below X where the latency is already
-over the threshold at 0.9 X (see :data:`CHECK_FRACTION`) -- and compared with the
-paper's digitized 0.5 s/token crossings. The resulting constants live in
-``conf/experiment/era/paper2023.yaml``.
+tuning -- as the 0.5 s/token crossing on a trace like the paper's, walked from the saturated
+throughput X and bisected (see :data:`CHECK_FRACTION`; the previous fixed-count reading is kept
+beside it, :data:`READINGS`) -- and compared with the paper's digitized 0.5 s/token crossings. The
+resulting constants live in ``conf/experiment/era/paper2023.yaml``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ THRESHOLD = 0.5  # s/token: where the paper's digitized capacities were read (vl
 CHECK_FRACTION = 0.9
 ASCEND_FRACTIONS: tuple[float, ...] = (1.0, 1.1, 1.25, 1.5, 2.0)
 DESCEND_FRACTIONS: tuple[float, ...] = (0.7, 0.5, 0.3, 0.2, 0.1)
-TRACE_S = {"a": 3600.0, "b": 3600.0, "c": 900.0, "d": 3600.0, "e": 3600.0, "f": 900.0}  # 175B: 15 min
+TRACE_S = 3600.0  # one hour, and 15 minutes on the models below
+SHORT_TRACE_S = {"opt-175b": 900.0}
 WARMUP_S = 60.0
 REFINE = 2  # bisections of the bracketing pair: the crossing to 1/40 of the walk's 0.1 X step
 # The previous reading, kept beside it (and the diagnostics' baseline, era_sensitivity): every rate run
@@ -73,11 +74,17 @@ def jobs(panels: str = "abcdef", num_requests: int | None = None, reading: str =
                    "descend": list(DESCEND_FRACTIONS)}
         if reading == "paper_trace":
             j.sweep.update(ascend=list(ASCEND_FRACTIONS), refine=REFINE,
-                           trace=None if num_requests else {"duration_s": TRACE_S[j.panel], "warmup_s": WARMUP_S})
+                           trace=None if num_requests else {"duration_s": _trace_s(j), "warmup_s": WARMUP_S})
         elif reading != "fixed":
             raise ValueError(f"reading={reading!r}: choose one of {READINGS}")
         out.append(j)
     return out
+
+
+def _trace_s(job: Job) -> float:
+    """The paper's trace duration for ``job``'s model (its ``model=`` override)."""
+    model = next((o.split("=", 1)[1] for o in job.overrides if o.startswith("model=")), "")
+    return SHORT_TRACE_S.get(model, TRACE_S)
 
 
 def capacity_table(points: pd.DataFrame, roofline: pd.DataFrame | None, reading: str = "paper_trace") -> pd.DataFrame:
@@ -153,7 +160,7 @@ def section(root: Path = ROOT) -> list[str]:
         "panel": t["panel"], "system": t["system"],
         "roofline capacity (0.25)": [f"{b}{v:.3g}" for v, b in zip(t["roofline_capacity"], t["roofline_bound"])],
         "paper-era capacity": [f"{b}{v:.3g}" for v, b in zip(t["era_capacity"], t["era_bound"])],
-        "capacity / X": [f"{v:.2f}" for v in t.get("capacity_over_x", t["era_capacity"] * math.nan)],
+        "capacity / X": [f"{v:.2f}" for v in t["capacity_over_x"]],
         "paper [D] (0.5)": t["paper"],
         "paper-era error": [f"{e:+.0f}%" if e == e else "n/a" for e in t["era_error_pct"]],
         "fixed-count reading's error": [f"{e:+.0f}%" if e == e else "n/a" for e in fixed_err]})
@@ -172,9 +179,8 @@ def section(root: Path = ROOT) -> list[str]:
     ft_tp = ", ".join(f"({r.panel}) {r.era_error_pct:+.0f}%" for r in t.itertuples()
                       if r.system == "ft" and r.panel in "bcef" and abs(r.era_error_pct) > 25) or "none"
     ft = t[t["system"] == "ft"]
-    ft_rows = ", ".join(f"({r.panel}) {r.era_error_pct:+.0f}% at {r.capacity_over_x:.2f} X" for r in ft.itertuples()
-                        if "capacity_over_x" in ft)
-    others = t[t["system"] != "ft"].get("capacity_over_x", pd.Series(dtype=float))
+    ft_rows = ", ".join(f"({r.panel}) {r.era_error_pct:+.0f}% at {r.capacity_over_x:.2f} X" for r in ft.itertuples())
+    others = t[t["system"] != "ft"]["capacity_over_x"]
     tp, ar = _read_json(root / "tp_fit.json"), _read_json(root / "allreduce_fit.json")
     ar_rows = list(ar.get("per_call_saving_us", {}).values()) or [math.nan, math.nan]
     two = tp.get("two_term", {})

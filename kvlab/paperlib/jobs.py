@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from kvlab.calibrate.runs import compose
+from kvlab.paperlib.capacity import bracket
 from kvlab.paperlib.specs import Job
 
 NL = "normalized_latency_s_per_token"
@@ -138,11 +139,12 @@ def run_job(job: Job, root: str, resume: bool = True) -> list[dict[str, Any]]:
         if (_nl(rows[-1]) > job.threshold) != over:
             break
     for _ in range(int(job.sweep.get("refine") or 0)):  # bisect the bracketing pair of rates
-        pts = sorted((r["rate"], _nl(r)) for r in rows[1:])
-        pair = next(((r0, r1) for (r0, v0), (r1, v1) in zip(pts, pts[1:])
-                     if v0 <= job.threshold < v1), None)
-        mid = None if pair is None else round((pair[0] + pair[1]) / 2, 4)
-        if mid is None or mid in (pair[0], pair[1]):
+        _, pair = bracket([r["rate"] for r in rows[1:]], [_nl(r) for r in rows[1:]], job.threshold)
+        if pair is None:
+            break
+        (r0, _), (r1, _) = pair
+        mid = round((r0 + r1) / 2, 4)
+        if mid in (r0, r1):
             break
         rows.append(run_point(job, mid, base, resume, cfg))
     return rows
