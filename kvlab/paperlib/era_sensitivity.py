@@ -18,6 +18,10 @@ term derived from vLLM PR #2192. Its misses sit where none of them says anything
 2. **FasterTransformer's batch cap B on OPT-175B** (panels c, f): the paper says only "as large as
    possible according to the GPU memory capacity"; memory would allow about 29 requests of 2048
    slots. The knob is ``scheduler.max_batch_size``.
+3. **The synthetic datasets' shapes** (every panel, every system; :mod:`kvlab.paperlib.era_shapes`):
+   the real ShareGPT/Alpaca lengths cannot be had here, and the synthetic ones match the published
+   means and a described shape. Each variant of ``workload.length_shape`` re-reads one thing Fig. 11
+   leaves open. FasterTransformer's rows are also run in the prediction's own reading.
 
 These rows are NOT predictions and nothing here is written back into the mode's constants: each
 says which value of an unpublished quantity would bring the prediction to the paper's number, so a
@@ -34,7 +38,8 @@ import pandas as pd
 import yaml
 
 from kvlab.calibrate.runs import CONF_DIR
-from kvlab.paperlib import era, era_allreduce, era_tp, numbers
+from kvlab.paperlib import era, era_allreduce, era_shapes, era_tp, numbers
+from kvlab.paperlib.era_shapes import SHAPES, shape_lines
 from kvlab.paperlib.specs import Job
 
 TP_PANELS = "bcef"
@@ -42,12 +47,13 @@ TP_LATENCY_US: tuple[float, ...] = (50.0, 100.0, 150.0, 200.0, 250.0)
 FT_PANELS = "cf"
 FT_BATCH: tuple[int, ...] = (2, 4, 8)
 KNOBS = {"allreduce_us": "hardware.interconnect_latency_us", "ft_batch": "scheduler.max_batch_size",
-         "ray_form": "hardware.engine_per_worker_*_us"}
+         "ray_form": "hardware.engine_per_worker_*_us", "length_shape": "workload.length_shape"}
+
 RAY_FORMS: tuple[str, ...] = ("per_step", "per_seq")
 LOWLOAD_RATE = {"b": 0.4, "c": 1.5}  # vLLM's lowest plotted rate, req/s (vllm-paper.md, Fig 12 [D])
 ROOT = era.ROOT / "sensitivity"
 # The diagnostics read every row the fixed-count way (era.READINGS): the paper-trace reading walks and
-# bisects on hour-long traces, about 10x the runs, too many for 160 jobs. Their baseline is that reading.
+# bisects on hour-long traces, about 10x the runs, too many for 222 jobs. Their baseline is that reading.
 READING = "fixed"
 BASELINE = "fig12_capacity_fixed.csv"
 
@@ -68,9 +74,9 @@ LAYERS = {p: int(_panel_conf(p, "model")["num_layers"]) for p in "bc"}
 
 def sweep_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, ft_values: tuple[int, ...] = FT_BATCH,
                panels: str = "abcdef", num_requests: int | None = None,
-               ray_forms: tuple[str, ...] = RAY_FORMS) -> list[Job]:
+               ray_forms: tuple[str, ...] = RAY_FORMS, shapes: tuple[str, ...] = SHAPES) -> list[Job]:
     """The era saturation jobs with one knob set per job; the knob and its value tag the job (so
-    every value has its own cached run directory)."""
+    every value has its own cached run directory). A shape runs on the panels of its dataset."""
     out = []
     for knob, values, which, systems in (("allreduce_us", tp_values, TP_PANELS, None),
                                          ("ft_batch", ft_values, FT_PANELS, {"ft"}),
@@ -83,7 +89,7 @@ def sweep_jobs(tp_values: tuple[float, ...] = TP_LATENCY_US, ft_values: tuple[in
                                                    else [f"{KNOBS[knob]}={v}"])]
                     j.tags = {knob: v}
                     out.append(j)
-    return out
+    return out + era_shapes.shape_jobs(shapes, panels, num_requests, READING)
 
 
 def allreduce_overrides(us: float) -> list[str]:
@@ -134,16 +140,20 @@ def lowload_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, **kw: Any) -> pd.DataFrame:
-    """Run the sweeps (``kw``: :func:`sweep_jobs`'s arguments) and the low-load points; writes
-    ``sensitivity.csv`` (one row per knob, value, panel, system) and ``sensitivity_lowload.csv``
-    beside ``root``."""
+    """Run the sweeps (``kw``: :func:`sweep_jobs`'s arguments), the low-load points and FT's shape
+    rows on the paper's traces; writes ``sensitivity.csv`` (one row per knob, value, panel, system),
+    ``sensitivity_lowload.csv`` and ``era_shapes.PREDICTION_CSV`` beside ``root``."""
     from kvlab.paperlib.runner import _execute
 
     low = lowload_jobs(kw.get("tp_values", TP_LATENCY_US), kw.get("num_requests"), kw.get("ray_forms", RAY_FORMS))
-    rows = pd.DataFrame(_execute(sweep_jobs(**kw) + low, root, n_jobs, resume, "paper-era sensitivity"))
+    ft = era_shapes.prediction_jobs(kw.get("shapes", SHAPES), kw.get("panels", "abcdef"), kw.get("num_requests"))
+    rows = pd.DataFrame(_execute(sweep_jobs(**kw) + low + ft, root, n_jobs, resume, "paper-era sensitivity"))
     at_low = rows["tag_at"].eq("lowload") if "tag_at" in rows else pd.Series(False, index=rows.index)
     lowload_table(rows[at_low]).to_csv(root.parent / "sensitivity_lowload.csv", index=False, float_format="%.4g")
-    rows = rows[~at_low]  # X, its check point and any walk down: read by the mode's own rule
+    on_trace = rows["tag_reading"].notna() if "tag_reading" in rows else pd.Series(False, index=rows.index)
+    era_shapes.prediction_table(rows[on_trace]).to_csv(root.parent / era_shapes.PREDICTION_CSV, index=False,
+                                                       float_format="%.4g")
+    rows = rows[~at_low & ~on_trace]  # X, its check point and any walk down: read by the mode's own rule
     parts = []
     for knob in KNOBS:
         col = f"tag_{knob}"
@@ -154,6 +164,9 @@ def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, **kw: Any) -> p
             parts.append(t.assign(knob=knob, value=v))
     table = pd.concat(parts, ignore_index=True)[["knob", "value", "panel", "system", "era_capacity", "paper",
                                                  "era_error_pct"]]
+    order = sorted(range(len(table)), key=lambda i: (*_order(table["knob"][i], table["value"][i]),
+                                                      table["panel"][i], table["system"][i]))
+    table = table.iloc[order].reset_index(drop=True)  # the runs finish in any order; the csv does not
     table.to_csv(root.parent / "sensitivity.csv", index=False, float_format="%.4g")
     return table
 
@@ -195,8 +208,8 @@ def section(root: Path = ROOT) -> list[str]:
     s = summary(pd.read_csv(path), base)
     own = int((base["era_error_pct"].dropna().abs() <= 25).sum())
     lines = ["#### What the misses imply (diagnostics, not predictions)", "",
-             "What neither the fit point nor the PR-derived terms identify, and the Ray term's form, "
-             "swept one at a time with every other constant as predicted "
+             "What neither the fit point nor the PR-derived terms identify, the Ray term's form and the "
+             "synthetic datasets' shapes, swept one at a time with every other constant as predicted "
              "(`python -m kvlab.paperlib.era_sensitivity`, `results/paper/era2023/sensitivity.csv`; "
              "docs/simulator.md weighs them against independent evidence). Each row replaces only the rows "
              f"its knob changes. Every row is read as the mode's *fixed-count reading* (500 ShareGPT / 1,200 "
@@ -212,6 +225,8 @@ def section(root: Path = ROOT) -> list[str]:
             val = f"{v:g} µs"
         elif r.knob == "ray_form":
             what, step, val = "Ray term, one-term form fitted on the PR's ShareGPT point", "n/a", str(r.value)
+        elif r.knob == "length_shape":
+            (what, val), step = era_shapes.describe(str(r.value)), "n/a"
         else:
             what, step, val = "FasterTransformer batch cap on OPT-175B", "n/a", f"B = {int(float(r.value))}"
         lines.append(f"| {what} | {val} | {step} | {r.within_25} of {r.of} | {r.misses or 'none'} |")
@@ -234,6 +249,9 @@ def section(root: Path = ROOT) -> list[str]:
                   "#2192's engine cost per call) and FasterTransformer's batch is unpublished; choosing either "
                   "here would fit the figure being predicted, so the mode keeps the derived all-reduce and the "
                   "memory-sized batch.", ""]
+    pred, own = (root.parent / era_shapes.PREDICTION_CSV, root.parent / "fig12_capacity.csv")
+    both = pred.exists() and own.exists()
+    lines += shape_lines(pd.read_csv(path), base, *((pd.read_csv(pred), pd.read_csv(own)) if both else ()))
     low_path = root.parent / "sensitivity_lowload.csv"
     if low_path.exists():
         low = pd.read_csv(low_path, keep_default_na=False)  # "" = the mode's own Ray terms

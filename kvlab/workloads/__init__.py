@@ -28,7 +28,7 @@ from kvlab.workloads.lengths import PAPER_MEANS
 from kvlab.workloads.multiturn import multiturn
 from kvlab.workloads.prompts import prompts
 from kvlab.workloads.shared_prefix import shared_prefix
-from kvlab.workloads.synthetic import fixed, paper_dataset, uniform
+from kvlab.workloads.synthetic import fixed, length_shape, paper_dataset, uniform
 
 __all__ = ["build_workload", "TraceRequest", "Workload", "WorkloadError", "GENERATORS", "COMMON_KEYS"]
 
@@ -52,9 +52,10 @@ COMMON_KEYS: dict[str, Any] = {
 _PAPER = "SYNTHETIC {}-like lengths (means matched to the vLLM paper: {:.2f} in / {:.2f} out)"
 
 GENERATORS: dict[str, GeneratorSpec] = {
-    "sharegpt": GeneratorSpec(paper_dataset("sharegpt"), {},
+    "sharegpt": GeneratorSpec(paper_dataset("sharegpt"), {"length_shape": "base"},
                               _PAPER.format("ShareGPT", *PAPER_MEANS["sharegpt"])),
-    "alpaca": GeneratorSpec(paper_dataset("alpaca"), {}, _PAPER.format("Alpaca", *PAPER_MEANS["alpaca"])),
+    "alpaca": GeneratorSpec(paper_dataset("alpaca"), {"length_shape": "base"},
+                            _PAPER.format("Alpaca", *PAPER_MEANS["alpaca"])),
     "fixed": GeneratorSpec(fixed, {"prompt_len": 128, "output_len": 128}, "SYNTHETIC fixed lengths"),
     "uniform": GeneratorSpec(
         uniform, {"prompt_len_min": 16, "prompt_len_max": 256, "output_len_min": 16, "output_len_max": 256},
@@ -169,6 +170,7 @@ def build_workload(
     ctx = WorkloadContext(seed=int(seed), seed_offset=params["seed"], vocab_size=vocab_size,
                           max_model_len=max_model_len, max_prompt_len=params["max_prompt_len"],
                           max_total_len=params["max_total_len"], tokenizer=tokenizer)
+    shape = length_shape(name, params) if "length_shape" in spec.keys else "base"  # a bad one fails here
     arrivals = poisson_arrivals(ctx.rng("arrivals"), rate, num=num,
                                 duration_s=None if num is not None else float(duration))
     bodies = spec.fn(params, len(arrivals), ctx) if len(arrivals) else []
@@ -178,6 +180,7 @@ def build_workload(
         for i, (t, b) in enumerate(zip(arrivals, bodies))
     ]
     what = f"{spec.what} {params['path']!r}" if name == "file" else spec.what
+    what += f", length_shape={shape}" if shape != "base" else ""
     arrive = "all at t=0 (offline)" if is_offline(rate) else f"Poisson {rate:g} req/s"
     sampling = f", n={n}" if n > 1 else (f", beam_width={beam}" if beam > 1 else "")
     desc = (f"{name}: {what}; {len(requests)} requests, {arrive}{sampling}; "

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from kvlab.workloads.base import RequestBody, WorkloadContext, WorkloadError
-from kvlab.workloads.lengths import paper_length_distributions
+from kvlab.workloads.lengths import length_shapes, paper_length_distributions, shape_error
 
 PairSampler = Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray]]
 
@@ -41,14 +41,24 @@ def bodies_from_lengths(ctx: WorkloadContext, pairs: list[tuple[int, int]]) -> l
     return [RequestBody(p, o, ctx.random_token_ids(rng, p)) for p, o in pairs]
 
 
-def paper_dataset(dataset: str) -> Callable[[Mapping[str, Any], int, WorkloadContext], list[RequestBody]]:
-    """A generator drawing lengths from the synthetic ShareGPT/Alpaca-like distributions."""
-    inp, out = paper_length_distributions(dataset)
+def length_shape(dataset: str, params: Mapping[str, Any]) -> str:
+    """The validated ``workload.length_shape`` of a ``sharegpt``/``alpaca`` workload."""
+    shape = params.get("length_shape", "base")
+    if not isinstance(shape, str) or shape not in length_shapes(dataset):
+        raise WorkloadError(shape_error(dataset, shape))
+    return shape
 
-    def draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-        return inp.sample(rng, size), out.sample(rng, size)
+
+def paper_dataset(dataset: str) -> Callable[[Mapping[str, Any], int, WorkloadContext], list[RequestBody]]:
+    """A generator drawing lengths from the synthetic ShareGPT/Alpaca-like distributions, in the
+    shape variant ``workload.length_shape`` (``base`` by default; see ``lengths.LENGTH_SHAPES``)."""
 
     def generate(params: Mapping[str, Any], num: int, ctx: WorkloadContext) -> list[RequestBody]:
+        inp, out = paper_length_distributions(dataset, length_shape(dataset, params))
+
+        def draw(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+            return inp.sample(rng, size), out.sample(rng, size)
+
         return bodies_from_lengths(ctx, sample_lengths(ctx, num, draw, dataset))
 
     return generate

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from kvlab.paperlib import era
 from kvlab.paperlib import era_sensitivity as sens
+from kvlab.paperlib.era_shapes import PREDICTION_CSV, prediction_jobs, shape_lines, shape_spread
+from kvlab.workloads.lengths import LENGTH_SHAPES
 
 
 def test_sweep_jobs_set_one_knob_each_and_never_share_a_run() -> None:
-    jobs = sens.sweep_jobs(tp_values=(100.0,), ft_values=(2,), ray_forms=("per_step",))
+    jobs = sens.sweep_jobs(tp_values=(100.0,), ft_values=(2,), ray_forms=("per_step",), shapes=())
     tp = [j for j in jobs if "allreduce_us" in j.tags]
     ft = [j for j in jobs if "ft_batch" in j.tags]
     ray = [j for j in jobs if "ray_form" in j.tags]
@@ -43,6 +46,63 @@ def test_sweep_jobs_set_one_knob_each_and_never_share_a_run() -> None:
     assert len({j.key for j in low}) == len(low)
     form = [j for j in low if "ray_form" in j.tags]
     assert all(j.overrides[-3:] == sens.ray_form_overrides("per_seq") for j in form)
+
+
+def test_each_shape_runs_on_its_own_datasets_panels_for_every_system() -> None:
+    jobs = sens.sweep_jobs(tp_values=(), ft_values=(), ray_forms=())
+    assert {j.tags["length_shape"] for j in jobs} == set(sens.SHAPES) == {
+        "long_tail", "light_tail", "few_short", "many_short"}
+    for j in jobs:
+        shape = j.tags["length_shape"]
+        assert j.panel in ("abc" if shape in LENGTH_SHAPES["sharegpt"] else "def")
+        assert j.overrides[-1] == f"workload.length_shape={shape}"
+    assert len(jobs) == 4 * 3 * 5 and len({j.key for j in jobs}) == len(jobs)
+    assert not {j.key for j in jobs} & {j.key for j in era.jobs(reading=sens.READING)}  # own run dirs
+
+
+def test_shape_spread_says_where_a_shape_brackets_the_paper() -> None:
+    base = pd.DataFrame({"panel": ["a", "a", "d"], "system": ["ft", "vllm", "ft"],
+                         "era_error_pct": [36.0, -5.0, -16.0]})
+    sweep = pd.DataFrame({"knob": ["length_shape"] * 5 + ["ft_batch"],
+                          "value": ["long_tail", "light_tail", "long_tail", "few_short", "many_short", "2"],
+                          "panel": ["a", "a", "a", "d", "d", "c"], "system": ["ft", "ft", "vllm", "ft", "ft", "ft"],
+                          "era_error_pct": [-4.0, 38.0, -13.0, -40.0, -71.0, 5.0]})
+    t = shape_spread(sweep, base).set_index(["panel", "system"])
+    assert t.loc[("a", "ft"), ["low", "high"]].tolist() == [-4.0, 38.0] and t.loc[("a", "ft"), "brackets_paper"]
+    assert not t.loc[("d", "ft"), "brackets_paper"] and t.loc[("d", "ft"), "within_25_with"] == "base"
+    assert t.loc[("a", "ft"), "within_25_with"] == "long_tail"
+    assert ("c", "ft") not in t.index  # other knobs' rows are not shapes
+    text = shape_lines(sweep, base)[0]
+    assert "(a) -4% to +38% (within 25%: long_tail)" in text and "(d) -71% to -16% (within 25%: base)" in text
+    assert "at most 8 points" in text  # (a) vLLM: -13 .. -5
+
+
+def test_ft_rows_also_run_on_the_paper_traces_per_shape() -> None:
+    jobs = prediction_jobs(("long_tail", "few_short"), "abcdef", None)
+    assert sorted((j.panel, j.tags["length_shape"]) for j in jobs) == [
+        ("a", "long_tail"), ("b", "long_tail"), ("c", "long_tail"),
+        ("d", "few_short"), ("e", "few_short"), ("f", "few_short")]
+    for j in jobs:
+        assert j.system == "ft" and j.tags["reading"] == "paper_trace" and j.sweep["trace"]["warmup_s"] == 60
+        assert j.sweep["trace"]["duration_s"] == (900 if j.panel in "cf" else 3600)
+    assert not {j.key for j in jobs} & {j.key for j in sens.sweep_jobs()}  # never a fixed-count run's dir
+
+
+def test_shape_lines_add_the_ft_rows_on_the_paper_traces() -> None:
+    base = pd.DataFrame({"panel": ["c"], "system": ["ft"], "era_error_pct": [131.0]})
+    sweep = pd.DataFrame({"knob": ["length_shape"], "value": ["long_tail"], "panel": ["c"], "system": ["ft"],
+                          "era_error_pct": [-45.0]})
+    pred = pd.DataFrame({"value": ["long_tail", "light_tail", "few_short"], "panel": ["c", "c", "f"],
+                         "system": ["ft"] * 3, "era_error_pct": [20.0, 215.0, 156.0]})
+    own = pd.DataFrame({"panel": ["c", "c", "f"], "system": ["ft", "vllm", "ft"],
+                        "era_error_pct": [209.0, -4.0, -44.0]})
+    text = "\n".join(shape_lines(sweep, base, pred, own))
+    assert "(c) -45% to +131%" in text  # fixed-count
+    assert "`light_tail` (c) +215%; `long_tail` (c) +20%" in text
+    assert "(c) +20% to +215% (within 25%: long_tail)" in text
+    assert "(f) -44% to +156% (within 25%: none; the range brackets the paper)" in text
+    assert PREDICTION_CSV in text and "not adopted" in text
+    assert "paper's traces" not in "\n".join(shape_lines(sweep, base))  # without the csv, no such line
 
 
 def _base() -> pd.DataFrame:
@@ -87,8 +147,15 @@ def test_a_costlier_multi_gpu_step_lowers_every_capacity(tmp_path: Path) -> None
     """End to end on panel (e): raising the per-all-reduce cost lowers every system's saturated
     capacity and raises vLLM's low-load latency in panels (b, c)."""
     table = sens.run(tmp_path / "sensitivity", n_jobs=1, resume=False, tp_values=(10.0, 200.0), ft_values=(),
-                     ray_forms=(), panels="e", num_requests=60)
+                     ray_forms=(), panels="e", num_requests=60, shapes=("many_short",))
+    shaped = table[table["knob"] == "length_shape"]
+    assert sorted(shaped["system"]) == sorted(cap_systems := ["ft", "orca_max", "orca_pow2", "orca_oracle", "vllm"])
+    assert shaped["era_capacity"].gt(0).all()
+    ft = pd.read_csv(tmp_path / PREDICTION_CSV)
+    assert ft[["value", "panel", "system"]].values.tolist() == [["many_short", "e", "ft"]]
+    table = table[table["knob"] == "allreduce_us"]
     cap = table.pivot(index="system", columns="value", values="era_capacity")
+    assert sorted(cap.index) == sorted(cap_systems)
     assert len(cap) == 5 and (cap[200.0] < cap[10.0]).all(), cap
     low = pd.read_csv(tmp_path / "sensitivity_lowload.csv").pivot(index="panel", columns="allreduce_us",
                                                                   values="normalized_latency")
