@@ -35,6 +35,7 @@ import pandas as pd
 from kvlab.paperlib import numbers
 from kvlab.paperlib.capacity import capacities
 from kvlab.paperlib.era_fit import ERA, FIT_POINT, REPO, fit
+from kvlab.paperlib.era_traces import parse_traces, with_traces
 from kvlab.paperlib.specs import Job, sweep_jobs
 
 THRESHOLD = 0.5  # s/token: where the paper's digitized capacities were read (vllm-paper.md §Fig 12)
@@ -114,21 +115,24 @@ def capacity_table(points: pd.DataFrame, roofline: pd.DataFrame | None, reading:
 
 
 ROOT = REPO / "results" / "paper" / "era2023"
+TRACES_ROOT = REPO / "results" / "paper" / "era2023-traces"  # runs on user-supplied dataset files (--trace)
 
 
 def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, panels: str = "abcdef",
-        num_requests: int | None = None, readings: tuple[str, ...] = ("fixed", "paper_trace")) -> pd.DataFrame:
+        num_requests: int | None = None, readings: tuple[str, ...] = ("fixed", "paper_trace"),
+        traces: dict[str, str] | None = None) -> pd.DataFrame:
     """Run the era sweeps of ``panels`` in both readings; writes points.csv and fig12_capacity.csv (the
     prediction, on the paper's traces) and points_fixed.csv and fig12_capacity_fixed.csv (the fixed-count
-    reading) under ``root``; returns the last of ``readings``' table."""
+    reading) under ``root``; returns the last of ``readings``' table. ``traces``: a trace file per
+    dataset in place of its synthetic lengths (:mod:`kvlab.paperlib.era_traces`)."""
     from kvlab.paperlib.runner import _execute
 
     full = root.parent / "full" / "capacity.csv"
     roof = pd.read_csv(full, dtype={"bound": str}).fillna({"bound": ""}) if full.exists() else None
     tables = {}
     for reading in readings:  # by default the fixed-count runs first: they are the quick ones
-        rows = pd.DataFrame(_execute(jobs(panels, num_requests, reading), root, n_jobs, resume,
-                                     f"paper-era fig12 sweeps ({reading})"))
+        todo = with_traces(jobs(panels, num_requests, reading), traces or {})
+        rows = pd.DataFrame(_execute(todo, root, n_jobs, resume, f"paper-era fig12 sweeps ({reading})"))
         suffix = "" if reading == "paper_trace" else "_fixed"
         rows.to_csv(root / f"points{suffix}.csv", index=False)
         tables[reading] = capacity_table(rows, roof, reading)
@@ -256,16 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", action="store_true", help="refit the one constant k on the one named point")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    ap.add_argument("--trace", action="append", default=[], metavar="DATASET=PATH",
+                    help="run DATASET's panels (sharegpt, alpaca) on this trace file instead of the synthetic "
+                         f"lengths; writes to --out (default {TRACES_ROOT.relative_to(REPO)})")
+    ap.add_argument("--out", type=Path, default=None, help=f"results folder (default {ROOT.relative_to(REPO)})")
     args = ap.parse_args(argv)
+    try:
+        traces = parse_traces(args.trace)
+    except ValueError as e:
+        ap.error(str(e))
+    root = args.out or (TRACES_ROOT if traces else ROOT)
     if args.fit:
         out = fit(ROOT)
         print(f"k = {out['k']} (fit.json in {ROOT}); set in conf/experiment/era/paper2023.yaml:\n"
               f"  engine_step_overhead_us: {out['engine_step_overhead_us']}\n"
               f"  engine_per_seq_us: {out['engine_per_seq_us']}")
         return 0
-    table = run(ROOT, args.jobs, not args.fresh)
+    root.mkdir(parents=True, exist_ok=True)
+    table = run(root, args.jobs, not args.fresh, traces=traces)
     print(table.to_string(index=False))
-    print(f"results: {ROOT}")
+    print(f"results: {root}")
     return 0
 
 
