@@ -84,8 +84,7 @@ def jobs(panels: str = "abcdef", num_requests: int | None = None, reading: str =
 
 def _trace_s(job: Job) -> float:
     """The paper's trace duration for ``job``'s model (its ``model=`` override)."""
-    model = next((o.split("=", 1)[1] for o in job.overrides if o.startswith("model=")), "")
-    return SHORT_TRACE_S.get(model, TRACE_S)
+    return SHORT_TRACE_S.get(job.override("model"), TRACE_S)
 
 
 def capacity_table(points: pd.DataFrame, roofline: pd.DataFrame | None, reading: str = "paper_trace") -> pd.DataFrame:

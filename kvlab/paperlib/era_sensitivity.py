@@ -48,7 +48,6 @@ FT_PANELS = "cf"
 FT_BATCH: tuple[int, ...] = (2, 4, 8)
 KNOBS = {"allreduce_us": "hardware.interconnect_latency_us", "ft_batch": "scheduler.max_batch_size",
          "ray_form": "hardware.engine_per_worker_*_us", "length_shape": "workload.length_shape"}
-
 RAY_FORMS: tuple[str, ...] = ("per_step", "per_seq")
 LOWLOAD_RATE = {"b": 0.4, "c": 1.5}  # vLLM's lowest plotted rate, req/s (vllm-paper.md, Fig 12 [D])
 ROOT = era.ROOT / "sensitivity"
@@ -60,7 +59,7 @@ BASELINE = "fig12_capacity_fixed.csv"
 
 def _panel_conf(panel: str, group: str) -> dict[str, Any]:
     """The ``conf/<group>/*.yaml`` (model, hardware) that panel's era jobs run with."""
-    name = next(o.split("=", 1)[1] for o in era.jobs(panel)[0].overrides if o.startswith(f"{group}="))
+    name = era.jobs(panel)[0].override(group)
     return yaml.safe_load((CONF_DIR / group / f"{name}.yaml").read_text())
 
 
@@ -148,18 +147,15 @@ def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, **kw: Any) -> p
     low = lowload_jobs(kw.get("tp_values", TP_LATENCY_US), kw.get("num_requests"), kw.get("ray_forms", RAY_FORMS))
     ft = era_shapes.prediction_jobs(kw.get("shapes", SHAPES), kw.get("panels", "abcdef"), kw.get("num_requests"))
     rows = pd.DataFrame(_execute(sweep_jobs(**kw) + low + ft, root, n_jobs, resume, "paper-era sensitivity"))
-    at_low = rows["tag_at"].eq("lowload") if "tag_at" in rows else pd.Series(False, index=rows.index)
+    at_low = _tagged(rows, "at")  # only the low-load points carry it
     lowload_table(rows[at_low]).to_csv(root.parent / "sensitivity_lowload.csv", index=False, float_format="%.4g")
-    on_trace = rows["tag_reading"].notna() if "tag_reading" in rows else pd.Series(False, index=rows.index)
+    on_trace = _tagged(rows, "reading")
     era_shapes.prediction_table(rows[on_trace]).to_csv(root.parent / era_shapes.PREDICTION_CSV, index=False,
                                                        float_format="%.4g")
     rows = rows[~at_low & ~on_trace]  # X, its check point and any walk down: read by the mode's own rule
     parts = []
-    for knob in KNOBS:
-        col = f"tag_{knob}"
-        if col not in rows:
-            continue
-        for v, g in rows[rows[col].notna()].groupby(col):
+    for knob in (k for k in KNOBS if f"tag_{k}" in rows):
+        for v, g in rows.groupby(f"tag_{knob}"):  # rows without that knob (NaN) form no group
             t = era.capacity_table(g, None, READING)[["panel", "system", "era_capacity", "paper", "era_error_pct"]]
             parts.append(t.assign(knob=knob, value=v))
     table = pd.concat(parts, ignore_index=True)[["knob", "value", "panel", "system", "era_capacity", "paper",
@@ -169,6 +165,11 @@ def run(root: Path = ROOT, n_jobs: int = 2, resume: bool = True, **kw: Any) -> p
     table = table.iloc[order].reset_index(drop=True)  # the runs finish in any order; the csv does not
     table.to_csv(root.parent / "sensitivity.csv", index=False, float_format="%.4g")
     return table
+
+
+def _tagged(rows: pd.DataFrame, tag: str) -> pd.Series:
+    """Which rows' jobs carry ``tag`` (False everywhere if no job did)."""
+    return rows[f"tag_{tag}"].notna() if f"tag_{tag}" in rows else pd.Series(False, index=rows.index)
 
 
 def summary(sens: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
@@ -205,7 +206,8 @@ def section(root: Path = ROOT) -> list[str]:
     if not (path.exists() and base_path.exists()):
         return []
     base = pd.read_csv(base_path)
-    s = summary(pd.read_csv(path), base)
+    sens = pd.read_csv(path)
+    s = summary(sens, base)
     own = int((base["era_error_pct"].dropna().abs() <= 25).sum())
     lines = ["#### What the misses imply (diagnostics, not predictions)", "",
              "What neither the fit point nor the PR-derived terms identify, the Ray term's form and the "
@@ -234,7 +236,7 @@ def section(root: Path = ROOT) -> list[str]:
     if len(tp) and len(ft):
         t = tp.loc[tp["within_25"].idxmax()]
         tv = float(t["value"])
-        rows = pd.read_csv(path).query("knob == 'ft_batch'")
+        rows = sens.query("knob == 'ft_batch'")
         per_b = "; ".join(f"B = {int(float(b))}: " + ", ".join(f"({r.panel}) {r.era_error_pct:+.0f}%"
                                                               for r in g.sort_values("panel").itertuples())
                           for b, g in rows.groupby("value"))
@@ -250,8 +252,7 @@ def section(root: Path = ROOT) -> list[str]:
                   "here would fit the figure being predicted, so the mode keeps the derived all-reduce and the "
                   "memory-sized batch.", ""]
     pred, own = (root.parent / era_shapes.PREDICTION_CSV, root.parent / "fig12_capacity.csv")
-    both = pred.exists() and own.exists()
-    lines += shape_lines(pd.read_csv(path), base, *((pd.read_csv(pred), pd.read_csv(own)) if both else ()))
+    lines += shape_lines(sens, base, *((pd.read_csv(pred), pd.read_csv(own)) if pred.exists() and own.exists() else ()))
     low_path = root.parent / "sensitivity_lowload.csv"
     if low_path.exists():
         low = pd.read_csv(low_path, keep_default_na=False)  # "" = the mode's own Ray terms

@@ -22,11 +22,6 @@ SHAPES: tuple[str, ...] = tuple(v for d in LENGTH_SHAPES.values() for v in d if 
 PREDICTION_CSV = "sensitivity_shapes_ft.csv"
 
 
-def workload_of(job: Job) -> str:
-    """The workload (``workload=`` override) a job runs."""
-    return next((o.split("=", 1)[1] for o in job.overrides if o.startswith("workload=")), "")
-
-
 def describe(shape: str) -> tuple[str, str]:
     """(what, value) cells of the diagnostics table for a shape variant."""
     ds = next(d for d, v in LENGTH_SHAPES.items() if shape in v)
@@ -40,7 +35,7 @@ def shape_jobs(shapes: tuple[str, ...], panels: str, num_requests: int | None, r
     out = []
     for v in shapes:
         for j in era.jobs(panels, num_requests, reading):
-            if v in LENGTH_SHAPES.get(workload_of(j), {}) and (systems is None or j.system in systems):
+            if v in LENGTH_SHAPES.get(j.override("workload"), {}) and (systems is None or j.system in systems):
                 j.overrides = [*j.overrides, f"workload.length_shape={v}"]
                 j.tags = {"length_shape": v, **({"reading": reading} if reading != "fixed" else {})}
                 out.append(j)

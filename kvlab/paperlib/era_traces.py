@@ -22,8 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from kvlab.paperlib.specs import Job
+from kvlab.workloads.lengths import LENGTH_SHAPES
 
-DATASETS = ("sharegpt", "alpaca")
+DATASETS = tuple(LENGTH_SHAPES)  # the synthetic datasets a file can stand in for
 
 
 def parse_traces(items: Sequence[str]) -> dict[str, str]:
@@ -44,11 +45,9 @@ def with_traces(jobs: list[Job], traces: Mapping[str, str]) -> list[Job]:
     file's content hash tags the job, so another file never reuses a cached run."""
     digest = {name: hashlib.sha1(Path(path).read_bytes()).hexdigest()[:10] for name, path in traces.items()}
     for j in jobs:
-        for i, o in enumerate(j.overrides):
-            name = o.split("=", 1)[1] if o.startswith("workload=") else None
-            if name in traces:
-                j.overrides = [*j.overrides[:i], "workload=file", f"workload.path={traces[name]}",
-                               *j.overrides[i + 1:]]
-                j.tags = {**j.tags, "trace": digest[name]}
-                break
+        name = j.override("workload")
+        if name in traces:
+            i = j.overrides.index(f"workload={name}")
+            j.overrides = [*j.overrides[:i], "workload=file", f"workload.path={traces[name]}", *j.overrides[i + 1:]]
+            j.tags = {**j.tags, "trace": digest[name]}
     return jobs

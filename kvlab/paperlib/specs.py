@@ -33,6 +33,10 @@ class Job:
     threshold: float = 0.5
     tags: dict[str, Any] = field(default_factory=dict)
 
+    def override(self, group: str) -> str:
+        """The value of the ``group=value`` override this job runs with ("" if none)."""
+        return next((o.split("=", 1)[1] for o in self.overrides if o.startswith(f"{group}=")), "")
+
     @property
     def key(self) -> str:
         extra = "-".join(f"{k}{v}" for k, v in sorted(self.tags.items()))

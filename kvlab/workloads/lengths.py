@@ -138,31 +138,35 @@ _SHAPES = {
 # default whatever they show. The ShareGPT output's tail past ~1000 tokens and the weight of Alpaca's
 # near-zero output peak decide request-level batching's results: a batch lasts as long as its longest
 # output, and a short request's wait is divided by its few tokens in the normalized latency.
+def _vary(key: str, changes: dict[int, dict[str, float]], hi: int | None = None) -> LengthDistribution:
+    """The base distribution ``key`` with fields of its components changed (``{index: {field: value}}``)
+    and, if given, the support's top moved: a variant states only what it re-reads."""
+    base = _SHAPES[key]
+    comps = tuple(replace(c, **changes.get(i, {})) for i, c in enumerate(base.components))
+    return replace(base, hi=base.hi if hi is None else hi, components=comps)
+
+
 LENGTH_SHAPES: dict[str, dict[str, tuple[str, dict[str, LengthDistribution]]]] = {
     "sharegpt": {
         "base": ("the default shapes above", {}),
         # The output tail read as running to the paper's filter (input + output < 2048) instead of the
-        # base's cap at 1023: p99 ~1,540. Pairs over the filter are redrawn, so the realised mean
-        # output falls ~1% below the published one.
-        "long_tail": ("output tail to 2043 tokens (p99 ~1,540; the base cuts it at 1023)", {
-            "output": LengthDistribution("sharegpt_output", 4, 2043, (
-                Uniform(0.72, 3.5, 420.0), LogNormal(0.28, 650.0, 0.6, scaled=True)))}),
+        # base's cap at 1023, the upper lump wider (sigma 0.6): p99 ~1,540. Pairs over the filter are
+        # redrawn, so the realised mean output falls ~1% below the published one.
+        "long_tail": ("output tail to 2043 tokens (p99 ~1,540; the base cuts it at 1023)",
+                      {"output": _vary("sharegpt_output", {1: {"sigma": 0.6}}, hi=2043)}),
         # The output's upper lump narrower (sigma 0.25, the narrowest that still reaches the published
         # mean on 4..1023): fewer outputs near the cap, p99 ~950.
-        "light_tail": ("output lump narrower, sigma 0.25 (p99 ~950)", {
-            "output": LengthDistribution("sharegpt_output", 4, 1023, (
-                Uniform(0.72, 3.5, 420.0), LogNormal(0.28, 650.0, 0.25, scaled=True)))}),
+        "light_tail": ("output lump narrower, sigma 0.25 (p99 ~950)",
+                       {"output": _vary("sharegpt_output", {1: {"sigma": 0.25}})}),
     },
     "alpaca": {
         "base": ("the default shapes above", {}),
         # The near-zero output peak at half and one and a half times the base's weight of 0.3; the
         # paper's digitised peak density (~1.9e-2, bin width unknown) allows either.
-        "few_short": ("near-zero output peak weight 0.15 (base 0.3)", {
-            "output": LengthDistribution("alpaca_output", 1, 512, (
-                LogNormal(0.15, 8.0, 0.9), LogNormal(0.85, 75.0, 0.4, scaled=True)))}),
-        "many_short": ("near-zero output peak weight 0.45 (base 0.3)", {
-            "output": LengthDistribution("alpaca_output", 1, 512, (
-                LogNormal(0.45, 8.0, 0.9), LogNormal(0.55, 75.0, 0.4, scaled=True)))}),
+        "few_short": ("near-zero output peak weight 0.15 (base 0.3)",
+                      {"output": _vary("alpaca_output", {0: {"weight": 0.15}, 1: {"weight": 0.85}})}),
+        "many_short": ("near-zero output peak weight 0.45 (base 0.3)",
+                       {"output": _vary("alpaca_output", {0: {"weight": 0.45}, 1: {"weight": 0.55}})}),
     },
 }
 
